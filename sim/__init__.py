@@ -1,0 +1,1 @@
+"""hssim.sim: specs and presets, the schedule IR, policies, the SimPy engine, metrics."""

@@ -1,0 +1,269 @@
+"""Validated, immutable specifications: model, hardware, workload, policy.
+
+All sizes are in bytes, rates in bytes/s or FLOP/s, times in seconds. Derived
+quantities (weight bytes per layer, KV and activation bytes per token) are
+properties, so a spec can never disagree with itself.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+GB = 10**9
+GiB = 2**30
+
+
+class Spec(BaseModel):
+    """Base of every spec: frozen, unknown fields rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class FFNKind(str, Enum):
+    relu = "relu"  # OPT: fc1 (h->f), ReLU, fc2 (f->h)
+    swiglu = "swiglu"  # LLaMA: gate and up (h->f), SiLU*, down (f->h)
+
+
+class NormKind(str, Enum):
+    layernorm = "layernorm"  # weight + bias
+    rmsnorm = "rmsnorm"  # weight only
+
+
+DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
+
+
+class ModelSpec(Spec):
+    """A decoder-only transformer, one entry per architectural fact."""
+
+    name: str
+    layers: int = Field(gt=0)
+    hidden: int = Field(gt=0)
+    heads: int = Field(gt=0)
+    kv_heads: int = Field(gt=0)
+    ffn: int = Field(gt=0, description="FFN inner size")
+    ffn_kind: FFNKind = FFNKind.relu
+    norm_kind: NormKind = NormKind.layernorm
+    bias: bool = True
+    vocab: int = Field(gt=0)
+    max_positions: int = Field(default=2048, gt=0)
+    dtype: Literal["fp16", "bf16", "fp32"] = "fp16"
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> ModelSpec:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"heads ({self.heads}) must be divisible by kv_heads ({self.kv_heads})")
+        return self
+
+    # -- derived sizes -----------------------------------------------------------
+    @property
+    def dtype_bytes(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def kv_hidden(self) -> int:
+        """Width of K (and of V): kv_heads * head_dim; equals hidden for MHA."""
+        return self.kv_heads * self.head_dim
+
+    @property
+    def attn_params(self) -> int:
+        h, hk = self.hidden, self.kv_hidden
+        w = h * h + 2 * h * hk + h * h  # Q, K, V, O
+        b = (h + 2 * hk + h) if self.bias else 0
+        return w + b
+
+    @property
+    def kv_proj_params(self) -> int:
+        """W_K and W_V (and their biases): what rebuilding K,V from x needs."""
+        return 2 * self.hidden * self.kv_hidden + (2 * self.kv_hidden if self.bias else 0)
+
+    @property
+    def ffn_params(self) -> int:
+        h, f = self.hidden, self.ffn
+        mats = 2 if self.ffn_kind is FFNKind.relu else 3
+        b = (f + h) if self.bias and self.ffn_kind is FFNKind.relu else 0
+        return mats * h * f + b
+
+    @property
+    def norm_params(self) -> int:
+        per = 2 * self.hidden if self.norm_kind is NormKind.layernorm else self.hidden
+        return 2 * per  # one before attention, one before the FFN
+
+    @property
+    def layer_params(self) -> int:
+        return self.attn_params + self.ffn_params + self.norm_params
+
+    @property
+    def weight_bytes_per_layer(self) -> int:
+        return self.layer_params * self.dtype_bytes
+
+    @property
+    def embedding_bytes(self) -> int:
+        """Token embedding, positions, final norm and LM head (tied for OPT)."""
+        tied = self.ffn_kind is FFNKind.relu
+        emb = self.vocab * self.hidden * (1 if tied else 2)
+        pos = self.max_positions * self.hidden if self.norm_kind is NormKind.layernorm else 0
+        return (emb + pos + 2 * self.hidden) * self.dtype_bytes
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """K and V of one token in one layer."""
+        return 2 * self.kv_hidden * self.dtype_bytes
+
+    @property
+    def act_bytes_per_token(self) -> int:
+        """The layer's input activation of one token in one layer."""
+        return self.hidden * self.dtype_bytes
+
+    @property
+    def total_weight_bytes(self) -> int:
+        return self.layers * self.weight_bytes_per_layer + self.embedding_bytes
+
+
+# -------------------------------------------------------------------------- hardware
+
+
+class GPUSpec(Spec):
+    name: str
+    memory_bytes: int = Field(gt=0)
+    peak_flops: float = Field(gt=0, description="dense fp16 tensor-core FLOP/s")
+    hbm_Bps: float = Field(gt=0, description="device memory bandwidth, bytes/s")
+    launch_overhead_s: float = Field(default=5e-6, ge=0)
+    matmul_efficiency: float = Field(
+        default=1.0, gt=0, le=1, description="achieved fraction of peak_flops"
+    )
+    hbm_efficiency: float = Field(default=1.0, gt=0, le=1, description="achieved fraction of hbm_Bps")
+    reserved_bytes: int = Field(default=0, ge=0, description="memory the runtime keeps for itself")
+
+
+class LinkSpec(Spec):
+    """Host<->GPU link with separate engines per direction (full duplex)."""
+
+    name: str
+    h2d_pinned_Bps: float = Field(gt=0)
+    d2h_pinned_Bps: float = Field(gt=0)
+    h2d_pageable_Bps: float = Field(gt=0)
+    d2h_pageable_Bps: float = Field(gt=0)
+    latency_s: float = Field(default=10e-6, ge=0)
+
+
+class HostSpec(Spec):
+    memory_bytes: int = Field(gt=0)
+    memory_Bps: float = Field(gt=0, description="host DRAM bandwidth, bytes/s")
+
+
+class CPUSpec(Spec):
+    name: str = "cpu"
+    flops: float = Field(gt=0, description="achieved FLOP/s of attention on the CPU")
+
+
+class HardwareSpec(Spec):
+    name: str
+    gpu: GPUSpec
+    link: LinkSpec
+    host: HostSpec
+    cpu: CPUSpec
+
+
+# -------------------------------------------------------------------------- workload
+
+
+class WorkloadSpec(Spec):
+    batch: int = Field(gt=0, description="sequences generated together")
+    prompt_len: int = Field(gt=0)
+    gen_len: int = Field(gt=0, description="output tokens per sequence, the first from prefill")
+
+
+# ---------------------------------------------------------------------------- policy
+
+
+class PolicyKind(str, Enum):
+    kv_only = "kv-only"
+    token_recompute = "token-recompute"
+    hybrid = "hybrid"
+
+
+#: which policy parameters each kind reads; sweeps skip an axis a kind ignores.
+POLICY_PARAMS: dict[PolicyKind, frozenset[str]] = {
+    PolicyKind.kv_only: frozenset({"cpu_attention"}),
+    PolicyKind.token_recompute: frozenset({"kv_ratio"}),
+    PolicyKind.hybrid: frozenset({"kv_ratio"}),
+}
+COMMON_POLICY_PARAMS = frozenset(
+    {"gpu_batch_size", "num_gpu_batches", "weights_gpu_percent", "cache_gpu_percent", "pinned"}
+)
+
+
+class PolicySpec(Spec):
+    """What a policy is and every parameter the papers tune.
+
+    `kv_ratio` (HybridServe's `r`) is the fraction of past tokens kept as K,V;
+    the rest are kept as token ids (token-recompute) or input activations (hybrid).
+    """
+
+    kind: PolicyKind
+    gpu_batch_size: int | None = Field(default=None, gt=0)
+    num_gpu_batches: int = Field(default=1, gt=0)
+    weights_gpu_percent: float = Field(default=0.0, ge=0, le=100)
+    cache_gpu_percent: float = Field(default=0.0, ge=0, le=100)
+    kv_ratio: float = Field(default=1.0, ge=0, le=1)
+    cpu_attention: bool = False
+    pinned: bool = True
+
+    @model_validator(mode="after")
+    def _check_kind_params(self) -> PolicySpec:
+        if self.cpu_attention and self.kind is not PolicyKind.kv_only:
+            raise ValueError("cpu_attention applies to the kv-only policy only")
+        if self.cpu_attention and self.cache_gpu_percent > 0:
+            raise ValueError("cpu_attention needs the whole KV cache on the host (cache_gpu_percent: 0)")
+        return self
+
+    @property
+    def label(self) -> str:
+        """Short human name, e.g. `hybrid r=0.40` or `kv-only cpu-attn`."""
+        if self.kind is PolicyKind.kv_only:
+            return "kv-only cpu-attn" if self.cpu_attention else "kv-only"
+        return f"{self.kind.value} r={self.kv_ratio:.2f}"
+
+
+# -------------------------------------------------------------------------- scenario
+
+
+class PointSpec(Spec):
+    """One fully resolved simulation point: what a sweep runs and a result row keys on."""
+
+    scenario: str
+    model: ModelSpec
+    hardware: HardwareSpec
+    workload: WorkloadSpec
+    policy: PolicySpec
+
+    @model_validator(mode="after")
+    def _check_block(self) -> PointSpec:
+        gbs = self.policy.gpu_batch_size
+        if gbs is not None and gbs * self.policy.num_gpu_batches != self.workload.batch:
+            raise ValueError(
+                f"policy.gpu_batch_size ({gbs}) x policy.num_gpu_batches "
+                f"({self.policy.num_gpu_batches}) must equal workload.batch ({self.workload.batch})"
+            )
+        if gbs is None and self.workload.batch % self.policy.num_gpu_batches:
+            raise ValueError(
+                f"workload.batch ({self.workload.batch}) is not divisible by "
+                f"policy.num_gpu_batches ({self.policy.num_gpu_batches})"
+            )
+        return self
+
+    @property
+    def gpu_batch_size(self) -> int:
+        return self.policy.gpu_batch_size or self.workload.batch // self.policy.num_gpu_batches
