@@ -162,10 +162,7 @@ class _BlockBuilder:
         m, gbs = self.m, self.gbs
         p = m.dtype_bytes
         w = self.weights.get((t, layer))
-        if layer > 0:
-            hidden_in = self.ffn[(t, layer - 1, j)]
-        else:
-            hidden_in = self.lm_head.get((t - 1, j))
+        hidden_in = self.ffn[t, layer - 1, j] if layer > 0 else self.lm_head.get((t - 1, j))
         drained = self.stores.get(i - 2, [])
         if t == 0:
             new, past = self.wl.prompt_len, 0
