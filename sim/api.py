@@ -1,0 +1,75 @@
+"""One call per point: build the schedule, replay it, measure it, make a result row."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from .. import __version__
+from .costs import CostModel, RooflineCostModel
+from .engine import SimResult, simulate
+from .metrics import run_metrics
+from .policies import build_schedule
+from .schedule import Schedule
+from .specs import PointSpec
+
+#: the columns that identify a point in a results table, in order
+POINT_COLUMNS = [
+    "scenario", "model", "hardware", "policy", "policy_label", "batch", "prompt_len", "gen_len",
+    "gpu_batch_size", "num_gpu_batches", "weights_gpu_percent", "cache_gpu_percent", "kv_ratio",
+    "cpu_attention", "pinned",
+]
+
+
+@dataclass(frozen=True)
+class PointRun:
+    point: PointSpec
+    schedule: Schedule
+    result: SimResult
+    metrics: dict[str, float]
+
+
+def point_key(point: PointSpec) -> str:
+    """Stable key of a fully resolved point under this hssim version."""
+    blob = f"{__version__}\n{point.model_dump_json()}".encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def run_point(point: PointSpec, cost: CostModel | None = None) -> PointRun:
+    """Simulate one point; raises MemoryPlanError if its schedule does not fit."""
+    schedule = build_schedule(point)
+    result = simulate(schedule, cost or RooflineCostModel(point.hardware))
+    return PointRun(point, schedule, result, run_metrics(result))
+
+
+def point_columns(point: PointSpec) -> dict[str, Any]:
+    pol, wl = point.policy, point.workload
+    return {
+        "scenario": point.scenario,
+        "model": point.model.name,
+        "hardware": point.hardware.name,
+        "policy": pol.kind.value,
+        "policy_label": pol.label,
+        "batch": wl.batch,
+        "prompt_len": wl.prompt_len,
+        "gen_len": wl.gen_len,
+        "gpu_batch_size": point.gpu_batch_size,
+        "num_gpu_batches": pol.num_gpu_batches,
+        "weights_gpu_percent": pol.weights_gpu_percent,
+        "cache_gpu_percent": pol.cache_gpu_percent,
+        "kv_ratio": pol.kv_ratio,
+        "cpu_attention": pol.cpu_attention,
+        "pinned": pol.pinned,
+    }
+
+
+def result_row(point: PointSpec, metrics: dict[str, float] | None, error: str | None = None) -> dict[str, Any]:
+    """One results-table row: the point's columns, its metrics or its error."""
+    row = point_columns(point)
+    row["status"] = "ok" if error is None else "error"
+    row["error"] = error or ""
+    row.update(metrics or {})
+    row["point_key"] = point_key(point)
+    row["point_json"] = point.model_dump_json()
+    return row
