@@ -136,9 +136,12 @@ def points_from_mapping(data: Mapping, source: str, default_name: str) -> list[P
         if not isinstance(values, list) or not values:
             raise ScenarioError(source, field, "must be a non-empty list", f"write '{axis}: [v1, v2, ...]'")
         head, _, rest = str(axis).partition(".")
-        if head in ("model", "hardware") and not rest or head == "workload" and rest in WorkloadSpec.model_fields or head == "policy" and rest in PolicySpec.model_fields and rest != "kind":
-            pass
-        else:
+        known = (
+            (head in ("model", "hardware") and not rest)
+            or (head == "workload" and rest in WorkloadSpec.model_fields)
+            or (head == "policy" and rest in PolicySpec.model_fields and rest != "kind")
+        )
+        if not known:
             raise ScenarioError(source, field, "unknown sweep axis",
                                 "use model, hardware, workload.<field> or policy.<field>")
         axes.append((str(axis), values))
@@ -161,7 +164,8 @@ def points_from_mapping(data: Mapping, source: str, default_name: str) -> list[P
                                    HARDWARE, HardwareSpec)
         wl = data["workload"]
         if not isinstance(wl, Mapping):
-            raise ScenarioError(source, "workload", "must be a mapping", "write {batch: .., prompt_len: .., gen_len: ..}")
+            raise ScenarioError(source, "workload", "must be a mapping",
+                                "write {batch: .., prompt_len: .., gen_len: ..}")
         wl = {**wl, **{a.split(".", 1)[1]: v for a, v in chosen.items() if a.startswith("workload.")}}
         try:
             workload = WorkloadSpec.model_validate(wl)
@@ -170,8 +174,9 @@ def points_from_mapping(data: Mapping, source: str, default_name: str) -> list[P
         for idx, pol in enumerate(policies):
             field = f"policies[{idx}]"
             if not isinstance(pol, Mapping) or "kind" not in pol:
+                kinds = ", ".join(k.value for k in PolicyKind)
                 raise ScenarioError(source, field, "each policy needs a kind",
-                                    f"write '- {{kind: ...}}' with kind one of: {', '.join(k.value for k in PolicyKind)}")
+                                    f"write '- {{kind: ...}}' with kind one of: {kinds}")
             kind_value = pol["kind"]
             try:
                 kind = PolicyKind(kind_value)
