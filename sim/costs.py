@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from .schedule import Op, Schedule, Stream
-from .specs import FFNKind, HardwareSpec, ModelSpec
+from .specs import FFNKind, GPUSpec, HardwareSpec, LinkSpec, ModelSpec
 
 TOKEN_ID_BYTES = 4  # int32 token ids
 
@@ -138,6 +138,29 @@ class CostModel(Protocol):
     def duration_s(self, op: Op) -> float: ...
 
 
+def gpu_time_s(gpu: GPUSpec, flops: float, hbm_bytes: float, kernels: int) -> float:
+    """Roofline: at least max(FLOPs / achieved peak, bytes / achieved HBM rate), plus launches."""
+    return max(
+        flops / (gpu.peak_flops * gpu.matmul_efficiency),
+        hbm_bytes / (gpu.hbm_Bps * gpu.hbm_efficiency),
+    ) + kernels * gpu.launch_overhead_s
+
+
+def link_time_s(link: LinkSpec, nbytes: float, direction: Stream, pinned: bool = True) -> float:
+    """One copy: latency + bytes / bandwidth of that direction's engine and memory kind."""
+    if direction is Stream.h2d:
+        bw = link.h2d_pinned_Bps if pinned else link.h2d_pageable_Bps
+    elif direction is Stream.d2h:
+        bw = link.d2h_pinned_Bps if pinned else link.d2h_pageable_Bps
+    else:
+        raise ValueError(f"not a link direction: {direction}")
+    return link.latency_s + nbytes / bw
+
+
+def cpu_time_s(hw: HardwareSpec, flops: float, host_bytes: float) -> float:
+    return max(flops / hw.cpu.flops, host_bytes / hw.host.memory_Bps)
+
+
 @dataclass(frozen=True)
 class RooflineCostModel:
     """Roofline default: compute at least max(FLOPs/peak, bytes/HBM) plus launches;
@@ -149,19 +172,10 @@ class RooflineCostModel:
     def duration_s(self, op: Op) -> float:
         hw = self.hardware
         if op.stream is Stream.compute:
-            g = hw.gpu
-            t = max(
-                op.flops / (g.peak_flops * g.matmul_efficiency),
-                op.hbm_bytes / (g.hbm_Bps * g.hbm_efficiency),
-            )
-            return t + op.kernels * g.launch_overhead_s
-        if op.stream is Stream.h2d:
-            bw = hw.link.h2d_pinned_Bps if op.pinned else hw.link.h2d_pageable_Bps
-            return hw.link.latency_s + op.link_bytes / bw
-        if op.stream is Stream.d2h:
-            bw = hw.link.d2h_pinned_Bps if op.pinned else hw.link.d2h_pageable_Bps
-            return hw.link.latency_s + op.link_bytes / bw
-        return max(op.flops / hw.cpu.flops, op.host_bytes / hw.host.memory_Bps)
+            return gpu_time_s(hw.gpu, op.flops, op.hbm_bytes, op.kernels)
+        if op.stream is Stream.cpu:
+            return cpu_time_s(hw, op.flops, op.host_bytes)
+        return link_time_s(hw.link, op.link_bytes, op.stream, op.pinned)
 
 
 def durations_ns(schedule: Schedule, cost: CostModel) -> np.ndarray:
