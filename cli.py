@@ -212,7 +212,10 @@ def run(scenario: str, policy: str | None, sets: tuple[str, ...], as_json: bool,
     from .sim.api import run_point
 
     point = one_point(scenario, policy, sets)
-    pr = run_point(point)
+    try:
+        pr = run_point(point)
+    except MemoryPlanError as e:
+        raise UserError(f"{scenario}: {e}") from None
     if timeline:
         write_table(pr.result.timeline(), Path(timeline))
     if as_json:
@@ -232,7 +235,7 @@ def schedule(scenario: str, policy: str | None, sets: tuple[str, ...]) -> None:
     point = one_point(scenario, policy, sets)
     sched = build_schedule(point, check_memory=False)
     click.echo(describe_schedule(point, sched))
-    sched.memory.check(scenario)
+    sched.memory.check(f"{scenario}: {point.model.name} on {point.hardware.name}, {point.policy.label}")
 
 
 def describe_schedule(point: PointSpec, sched) -> str:

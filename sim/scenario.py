@@ -20,6 +20,7 @@ Every problem is a `ScenarioError` naming the file, the field and the fix.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -51,12 +52,16 @@ class ScenarioError(ValueError):
 
 
 def _pydantic_error(source: str, prefix: str, err: ValidationError) -> ScenarioError:
-    first = err.errors()[0]
+    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")  # typos first
+    first = errors[0]
     loc = ".".join(str(p) for p in first["loc"])
     field = f"{prefix}.{loc}" if loc else prefix
     typ = first["type"]
     if typ == "extra_forbidden":
-        fix = f"remove '{loc}' (unknown field) or check its spelling"
+        known = [e["loc"][-1] for e in errors if e["type"] == "missing"]
+        close = difflib.get_close_matches(str(first["loc"][-1]), [str(k) for k in known], n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        fix = f"remove '{loc}' or check its spelling{hint}"
     elif typ == "missing":
         fix = f"add '{loc}'"
     else:

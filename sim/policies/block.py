@@ -118,7 +118,9 @@ class _BlockBuilder:
         sched = Schedule(meta=meta, ops=tuple(self.ops), memory=plan,
                          gpu_static_bytes=gpu_static, host_static_bytes=host_static)
         if check_memory:
-            plan.check()
+            wl = self.wl
+            plan.check(f"{self.m.name} on {self.point.hardware.name}, {self.pol.label}, batch {wl.batch} "
+                       f"({k}x{self.gbs}), prompt {wl.prompt_len}, gen {wl.gen_len}")
         return sched
 
     def _emit_weight_load(self, layers: list[tuple[int, int]], idx: int) -> None:

@@ -1,0 +1,147 @@
+"""The command line: results a user can open, and one clear line for each kind of bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from hssim.cli import main
+
+TINY = """
+name: tiny
+model: {preset: opt-1.3b, layers: 2}
+hardware: rtx4090-pcie4
+workload: {batch: 8, prompt_len: 64, gen_len: 3}
+policy_defaults: {num_gpu_batches: 2}
+policies:
+  - {kind: kv-only}
+  - {kind: hybrid}
+  - {kind: token-recompute}
+sweep:
+  workload.prompt_len: [32, 64]
+  policy.kv_ratio: [0.0, 0.5]
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_sweep_writes_results_and_ranks_policies(tmp_path):
+    scen = write(tmp_path, TINY)
+    out = tmp_path / "out"
+    res = invoke("sweep", scen, "--out", out, "--jobs", "2")
+    assert res.exit_code == 0, res.output
+    df = pd.read_parquet(out / "results.parquet")
+    # kv-only ignores the kv_ratio axis: 2 prompts x (1 + 2 + 2)
+    assert len(df) == 10
+    for col in ("scenario", "model", "hardware", "policy", "batch", "prompt_len", "gen_len", "kv_ratio",
+                "throughput_tok_s", "decode_tok_s", "bound_tok_s", "gpu_busy", "h2d_bytes", "d2h_bytes"):
+        assert col in df.columns
+    assert (df["status"] == "ok").all()
+    assert df.equals(df.drop_duplicates(subset=["point_key"]))
+    csv = pd.read_csv(out / "results.csv")
+    assert len(csv) == len(df)
+    ranking = pd.read_csv(out / "ranking.csv")
+    assert set(ranking["policy"]) == {"kv-only", "hybrid", "token-recompute"}
+    assert "Best policy per point" in res.output
+
+
+def test_run_json_prints_one_object(tmp_path):
+    scen = write(tmp_path, TINY)
+    res = invoke("run", scen, "--policy", "hybrid", "--set", "workload.prompt_len=32", "--set",
+                 "policy.kv_ratio=0.5", "--json", "--timeline", tmp_path / "t.parquet")
+    assert res.exit_code == 0, res.output
+    obj = json.loads(res.output)
+    assert obj["policy"] == "hybrid" and obj["kv_ratio"] == 0.5 and obj["prompt_len"] == 32
+    tl = pd.read_parquet(tmp_path / "t.parquet")
+    assert list(tl.columns[:8]) == ["op_id", "stream", "kind", "layer", "step", "micro_batch", "start_s", "end_s"]
+    assert len(tl) == obj["ops"]
+
+
+def test_schedule_prints_a_summary(tmp_path):
+    scen = write(tmp_path, TINY)
+    res = invoke("schedule", scen, "--policy", "kv-only", "--set", "workload.prompt_len=32")
+    assert res.exit_code == 0, res.output
+    assert "load_kv" in res.output and "memory plan" in res.output
+
+
+BAD = {
+    "unknown model preset": ("model: opt-7b\nhardware: t4-pcie3\nworkload: {batch: 1, prompt_len: 8, gen_len: 2}\n"
+                             "policies: [{kind: kv-only}]\n", "model", "opt-1.3b"),
+    "unknown hardware preset": ("model: opt-1.3b\nhardware: v100\nworkload: {batch: 1, prompt_len: 8, gen_len: 2}\n"
+                                "policies: [{kind: kv-only}]\n", "hardware", "t4-pcie3"),
+    "negative batch": ("model: opt-1.3b\nhardware: t4-pcie3\nworkload: {batch: -1, prompt_len: 8, gen_len: 2}\n"
+                       "policies: [{kind: kv-only}]\n", "workload.batch", "greater than 0"),
+    "unknown field": ("model: opt-1.3b\nhardware: t4-pcie3\nworkload: {batch: 1, promt_len: 8, gen_len: 2}\n"
+                      "policies: [{kind: kv-only}]\n", "workload.promt_len", "remove"),
+    "unknown policy": ("model: opt-1.3b\nhardware: t4-pcie3\nworkload: {batch: 1, prompt_len: 8, gen_len: 2}\n"
+                       "policies: [{kind: magic}]\n", "policies[0].kind", "hybrid"),
+    "ratio out of range": ("model: opt-1.3b\nhardware: t4-pcie3\nworkload: {batch: 1, prompt_len: 8, gen_len: 2}\n"
+                           "policies: [{kind: hybrid, kv_ratio: 1.5}]\n", "policies[0].kv_ratio", "1"),
+    "block shape": ("model: opt-1.3b\nhardware: t4-pcie3\nworkload: {batch: 10, prompt_len: 8, gen_len: 2}\n"
+                    "policies: [{kind: kv-only, gpu_batch_size: 4, num_gpu_batches: 2}]\n", "policies[0]", "equal"),
+    "missing key": ("model: opt-1.3b\nhardware: t4-pcie3\npolicies: [{kind: kv-only}]\n", "workload", "add"),
+    "bad yaml": ("model: [opt\n", "line", "YAML"),
+    "not a mapping": ("- 1\n- 2\n", "file", "mapping"),
+    "bad axis": ("model: opt-1.3b\nhardware: t4-pcie3\nworkload: {batch: 1, prompt_len: 8, gen_len: 2}\n"
+                 "policies: [{kind: kv-only}]\nsweep: {workload.size: [1]}\n", "sweep.workload.size", "axis"),
+    "does not fit": ("model: opt-175b\nhardware: t4-pcie3\nworkload: {batch: 8, prompt_len: 512, gen_len: 4}\n"
+                     "policies: [{kind: kv-only}]\n", "host memory", "needs"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_gives_one_clear_line(tmp_path, case):
+    text, field, hint = BAD[case]
+    scen = write(tmp_path, text)
+    res = invoke("run", scen)
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.output
+    assert lines[0].startswith("error: ") and str(scen) in lines[0]
+    assert field in lines[0] and hint in lines[0] and "fix:" in lines[0]
+    assert "Traceback" not in res.output
+
+
+def test_sweep_with_a_bad_file_writes_nothing(tmp_path):
+    good = write(tmp_path, TINY, "good.yaml")
+    bad = write(tmp_path, "model: nope\n", "bad.yaml")
+    out = tmp_path / "out"
+    res = invoke("sweep", good, bad, "--out", out)
+    assert res.exit_code == 2
+    assert not (out / "results.parquet").exists()
+
+
+def test_sweep_records_points_that_do_not_fit_and_goes_on(tmp_path):
+    text = TINY.replace("workload.prompt_len: [32, 64]", "model: [opt-1.3b, opt-175b]").replace(
+        "model: {preset: opt-1.3b, layers: 2}", "model: opt-1.3b").replace("hardware: rtx4090-pcie4",
+                                                                              "hardware: t4-pcie3")
+    scen = write(tmp_path, text)
+    res = invoke("sweep", scen, "--out", tmp_path / "o", "--jobs", "1")
+    assert res.exit_code == 0, res.output
+    df = pd.read_csv(tmp_path / "o" / "results.csv")
+    bad = df[df["model"] == "opt-175b"]
+    assert len(bad) and (bad["status"] == "error").all()
+    assert bad["error"].str.contains("does not fit in host memory").all()
+    assert (df[df["model"] == "opt-1.3b"]["status"] == "ok").all()
+
+
+def test_run_with_many_points_asks_to_narrow(tmp_path):
+    res = invoke("run", write(tmp_path, TINY))
+    assert res.exit_code == 2 and "--policy" in res.output and "--set" in res.output
+
+
+def test_missing_file(tmp_path):
+    res = invoke("run", tmp_path / "nope.yaml")
+    assert res.exit_code == 2 and "cannot read" in res.output
