@@ -64,10 +64,14 @@ def point_columns(point: PointSpec) -> dict[str, Any]:
     }
 
 
-def result_row(point: PointSpec, metrics: dict[str, float] | None, error: str | None = None) -> dict[str, Any]:
-    """One results-table row: the point's columns, its metrics or its error."""
+def result_row(point: PointSpec, metrics: dict[str, float] | None, error: str | None = None,
+               status: str | None = None) -> dict[str, Any]:
+    """One results-table row: the point's columns, its status, its metrics or its error.
+
+    status: `ok`, `infeasible` (the schedule does not fit in memory) or `failed`.
+    """
     row = point_columns(point)
-    row["status"] = "ok" if error is None else "error"
+    row["status"] = status or ("ok" if error is None else "failed")
     row["error"] = error or ""
     row.update(metrics or {})
     row["point_key"] = point_key(point)

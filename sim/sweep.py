@@ -1,56 +1,167 @@
-"""Run many points on local cores; write the results table; rank policies per point."""
+"""Sweeps: run many points on local cores or a Dask cluster, resumably and without loss.
+
+Every point has a stable key (`point_key`: a hash of its fully resolved spec and the
+hssim version). As each point finishes, its row is appended to `DIR/points.jsonl` and
+fsync'd, so a sweep interrupted in any way (Ctrl-C, a killed worker, a crash) loses at
+most the points that were running. Restarted with the same arguments, it skips the
+points the journal already holds and recomputes only the rest; the results tables are
+then rebuilt from the journal with every point exactly once. A point that fails records
+its error (status `failed`), a point that does not fit records why (status
+`infeasible`), and the sweep goes on; failed points are retried on the next run.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from .api import POINT_COLUMNS, result_row, run_point
+from .api import POINT_COLUMNS, point_key, result_row, run_point
 from .memory import MemoryPlanError
 from .specs import PointSpec
 
 #: columns that identify a workload point across policies (the ranking groups on them)
 GROUP_COLUMNS = ["scenario", "model", "hardware", "batch", "prompt_len", "gen_len"]
+JOURNAL = "points.jsonl"
+#: statuses a rerun does not recompute
+FINAL_STATUSES = frozenset({"ok", "infeasible"})
 
 
 def simulate_row(point: PointSpec) -> dict[str, Any]:
-    """A results row for one point; a point that does not fit records its error."""
+    """A results row for one point. Never raises for a bad point: a point that does not
+    fit is `infeasible`, any other error is `failed`, with the message in `error`."""
     try:
         run = run_point(point)
     except MemoryPlanError as e:
-        return result_row(point, None, str(e))
+        return result_row(point, None, str(e), status="infeasible")
+    except Exception as e:  # noqa: BLE001 - one bad point must not stop a sweep
+        return result_row(point, None, f"{type(e).__name__}: {e}", status="failed")
     return result_row(point, run.metrics)
 
 
-def run_points(
-    points: Sequence[PointSpec],
-    jobs: int | None = None,
-    on_done: Callable[[dict[str, Any]], None] | None = None,
-) -> pd.DataFrame:
-    """Simulate every point (in parallel when jobs > 1); rows keep the input order."""
-    jobs = jobs or os.cpu_count() or 1
-    rows: list[dict[str, Any] | None] = [None] * len(points)
-    if jobs == 1 or len(points) <= 1:
-        for i, point in enumerate(points):
-            rows[i] = simulate_row(point)
-            if on_done:
-                on_done(rows[i])
-    else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(simulate_row, p): i for i, p in enumerate(points)}
-            for fut in as_completed(futures):
+class Journal:
+    """Append-only JSON-lines file of finished rows, one line per point, fsync'd.
+
+    A line cut short by a crash is ignored when read back; a later line for the
+    same key (a retried failure) replaces an earlier one.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        rows: dict[str, dict[str, Any]] = {}
+        if not self.path.exists():
+            return rows
+        with self.path.open("rb") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # a torn last line from an interrupted write
+                if isinstance(row, dict) and "point_key" in row:
+                    rows[row["point_key"]] = row
+        return rows
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = (json.dumps(row, allow_nan=True) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _run_local(points: Sequence[PointSpec], jobs: int, emit: Callable[[dict], None]) -> None:
+    if jobs == 1:
+        for p in points:
+            emit(simulate_row(p))
+        return
+    todo = list(points)
+    for _attempt in range(3):  # a worker killed from outside breaks the pool: start a new one
+        finished: set[str] = set()
+        try:
+            with ProcessPoolExecutor(max_workers=jobs) as pool:
+                futures = {pool.submit(simulate_row, p): p for p in todo}
+                for fut in as_completed(futures):
+                    row = fut.result()
+                    finished.add(row["point_key"])
+                    emit(row)
+            return
+        except BrokenProcessPool:
+            todo = [p for p in todo if point_key(p) not in finished]
+    for p in todo:
+        emit(result_row(p, None, "failed: its worker process died three times", status="failed"))
+
+
+def _run_dask(points: Sequence[PointSpec], address: str, emit: Callable[[dict], None]) -> None:
+    from distributed import Client
+    from distributed import as_completed as dask_completed
+    from distributed.client import FutureCancelledError
+
+    with Client(address) as client:
+        futures = client.map(simulate_row, list(points), pure=False)
+        by_future = dict(zip(futures, points, strict=True))
+        for fut in dask_completed(futures):
+            try:
                 row = fut.result()
-                rows[futures[fut]] = row
-                if on_done:
-                    on_done(row)
+            except (FutureCancelledError, Exception) as e:  # noqa: BLE001 - e.g. KilledWorker
+                row = result_row(by_future[fut], None, f"{type(e).__name__}: {e}", status="failed")
+            emit(row)
+
+
+def run_sweep(
+    points: Sequence[PointSpec],
+    out_dir: Path,
+    jobs: int | None = None,
+    cluster: str | None = None,
+    on_done: Callable[[dict[str, Any]], None] | None = None,
+    on_skip: Callable[[int], None] | None = None,
+) -> pd.DataFrame:
+    """Run the points not yet in `out_dir`'s journal; return every point's row, in order.
+
+    `cluster` is a Dask scheduler address (tcp://host:port); None runs on local processes.
+    """
+    journal = Journal(Path(out_dir) / JOURNAL)
+    done = {k: r for k, r in journal.load().items() if r.get("status") in FINAL_STATUSES}
+    unique: dict[str, PointSpec] = {}
+    for p in points:
+        unique.setdefault(point_key(p), p)
+    todo = [p for k, p in unique.items() if k not in done]
+    if on_skip:
+        on_skip(len(unique) - len(todo))
+
+    def emit(row: dict[str, Any]) -> None:
+        journal.append(row)
+        done[row["point_key"]] = row
+        if on_done:
+            on_done(row)
+
+    if todo:
+        if cluster:
+            _run_dask(todo, cluster, emit)
+        else:
+            _run_local(todo, jobs or os.cpu_count() or 1, emit)
+    rows = [done[k] for k in unique if k in done]
     return pd.DataFrame(rows)
+
+
+def run_points(points: Sequence[PointSpec], jobs: int | None = 1) -> pd.DataFrame:
+    """Rows for points, without a journal (for tests and small scripts)."""
+    rows: list[dict] = []
+    _run_local(points, jobs or 1, rows.append)
+    order = {point_key(p): i for i, p in enumerate(points)}
+    return pd.DataFrame(sorted(rows, key=lambda r: order[r["point_key"]]))
 
 
 def write_atomic(df: pd.DataFrame, path: Path) -> None:
@@ -70,7 +181,7 @@ def write_atomic(df: pd.DataFrame, path: Path) -> None:
 
 
 def write_results(df: pd.DataFrame, out_dir: Path) -> tuple[Path, Path]:
-    parquet, csv = out_dir / "results.parquet", out_dir / "results.csv"
+    parquet, csv = Path(out_dir) / "results.parquet", Path(out_dir) / "results.csv"
     write_atomic(df, parquet)
     write_atomic(df, csv)
     return parquet, csv
@@ -82,10 +193,11 @@ def best_per_point(df: pd.DataFrame) -> pd.DataFrame:
     Columns: the group columns, rank, policy, policy_label, throughput_tok_s,
     speedup_vs_kv_only (against the best kv-only configuration of that point).
     """
-    ok = df[df["status"] == "ok"]
+    cols = [*GROUP_COLUMNS, "rank", "policy", "policy_label", "throughput_tok_s", "speedup_vs_kv_only",
+            "bound_tok_s", "gpu_busy"]
+    ok = df[df["status"] == "ok"] if "status" in df else df.iloc[0:0]
     if ok.empty:
-        return pd.DataFrame(columns=[*GROUP_COLUMNS, "rank", "policy", "policy_label",
-                                     "throughput_tok_s", "speedup_vs_kv_only"])
+        return pd.DataFrame(columns=cols)
     best = ok.loc[ok.groupby([*GROUP_COLUMNS, "policy"], sort=False)["throughput_tok_s"].idxmax()]
     out = []
     for _, grp in best.groupby(GROUP_COLUMNS, sort=False):
@@ -95,9 +207,8 @@ def best_per_point(df: pd.DataFrame) -> pd.DataFrame:
         grp["rank"] = range(1, len(grp) + 1)
         grp["speedup_vs_kv_only"] = grp["throughput_tok_s"] / base
         out.append(grp)
-    cols = [*GROUP_COLUMNS, "rank", "policy", "policy_label", "throughput_tok_s", "speedup_vs_kv_only",
-            "bound_tok_s", "gpu_busy"]
     return pd.concat(out)[cols].reset_index(drop=True)
 
 
-__all__ = ["GROUP_COLUMNS", "POINT_COLUMNS", "best_per_point", "run_points", "simulate_row", "write_results"]
+__all__ = ["GROUP_COLUMNS", "POINT_COLUMNS", "Journal", "best_per_point", "run_points", "run_sweep",
+           "simulate_row", "write_results"]
