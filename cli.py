@@ -289,14 +289,17 @@ def point_options(fn):
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as one JSON object")
 @click.option("--timeline", type=click.Path(dir_okay=False), default=None,
               help="write the op timeline (.parquet or .csv)")
+@click.option("--engine", type=click.Choice(["simpy", "list"]), default="simpy", show_default=True,
+              help="SimPy replay, or the identical list-scheduling replay (faster)")
 @_fail_on_user_errors
-def run(scenario: str, policy: str | None, sets: tuple[str, ...], as_json: bool, timeline: str | None) -> None:
+def run(scenario: str, policy: str | None, sets: tuple[str, ...], as_json: bool, timeline: str | None,
+        engine: str) -> None:
     """Simulate one point of SCENARIO and print its metrics."""
     from .sim.api import run_point
 
     point = one_point(scenario, policy, sets)
     try:
-        pr = run_point(point)
+        pr = run_point(point, engine=engine)
     except MemoryPlanError as e:
         raise UserError(f"{scenario}: {e}") from None
     if timeline:

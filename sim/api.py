@@ -36,10 +36,13 @@ def point_key(point: PointSpec) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def run_point(point: PointSpec, cost: CostModel | None = None) -> PointRun:
-    """Simulate one point; raises MemoryPlanError if its schedule does not fit."""
+def run_point(point: PointSpec, cost: CostModel | None = None, engine: str = "simpy") -> PointRun:
+    """Simulate one point; raises MemoryPlanError if its schedule does not fit.
+
+    engine: "simpy" (the SimPy model) or "list" (the same timeline, computed directly).
+    """
     schedule = build_schedule(point)
-    result = simulate(schedule, cost or RooflineCostModel(point.hardware))
+    result = simulate(schedule, cost or RooflineCostModel(point.hardware), engine=engine)
     return PointRun(point, schedule, result, run_metrics(result))
 
 

@@ -24,33 +24,26 @@ def memory_occupancy(result: SimResult) -> pd.DataFrame:
     """
     sched = result.schedule
     start, end = result.start_ns, result.end_ns
+    src, dst = sched.data_edges
     last_use = end.copy()
-    for op in sched.ops:
-        for d in op.deps:
-            if end[op.id] > last_use[d]:
-                last_use[d] = end[op.id]
-    times, gpu_delta, host_delta = [0], [sched.gpu_static_bytes], [sched.host_static_bytes]
-    for op in sched.ops:
-        i = op.id
-        if op.gpu_bytes:
-            times += [start[i], last_use[i]]
-            gpu_delta += [op.gpu_bytes, -op.gpu_bytes]
-            host_delta += [0, 0]
-        if op.workspace_bytes:
-            times += [start[i], end[i]]
-            gpu_delta += [op.workspace_bytes, -op.workspace_bytes]
-            host_delta += [0, 0]
-        if op.host_alloc_bytes:
-            times.append(end[i])
-            gpu_delta.append(0)
-            host_delta.append(op.host_alloc_bytes)
-    df = pd.DataFrame({"t": np.asarray(times, dtype=np.int64), "g": gpu_delta, "h": host_delta})
-    # what is freed and allocated at one instant counts as one change (free first)
-    df = df.groupby("t", sort=True)[["g", "h"]].sum().cumsum()
-    return pd.DataFrame(
-        {"time_s": df.index.to_numpy() / 1e9, "gpu_bytes": df["g"].to_numpy(),
-         "host_bytes": df["h"].to_numpy()}
-    )
+    np.maximum.at(last_use, src, end[dst])
+    gpu = sched.column("gpu_bytes")
+    ws = sched.column("workspace_bytes")
+    host = sched.column("host_alloc_bytes")
+    g, w, h = gpu.nonzero()[0], ws.nonzero()[0], host.nonzero()[0]
+    times = np.concatenate([[0], start[g], last_use[g], start[w], end[w], end[h]])
+    zeros = np.zeros(len(g) * 2 + len(w) * 2, dtype=np.int64)
+    gpu_delta = np.concatenate([[sched.gpu_static_bytes], gpu[g], -gpu[g], ws[w], -ws[w], np.zeros(len(h), np.int64)])
+    host_delta = np.concatenate([[sched.host_static_bytes], zeros, host[h]])
+    # what is freed and allocated at one instant counts as one change
+    order = np.argsort(times, kind="stable")
+    times, gpu_delta, host_delta = times[order], gpu_delta[order], host_delta[order]
+    instants, first = np.unique(times, return_index=True)
+    return pd.DataFrame({
+        "time_s": instants / 1e9,
+        "gpu_bytes": np.cumsum(np.add.reduceat(gpu_delta, first)),
+        "host_bytes": np.cumsum(np.add.reduceat(host_delta, first)),
+    })
 
 
 def run_metrics(result: SimResult) -> dict[str, float]:
@@ -58,15 +51,17 @@ def run_metrics(result: SimResult) -> dict[str, float]:
     meta = sched.meta
     dur = result.duration_ns
     makespan_s = result.makespan_s
-    step0 = np.fromiter((op.step == 0 for op in sched.ops), bool, len(sched.ops))
+    step0 = sched.column("step") == 0
     prefill_s = float(result.end_ns[step0].max()) / 1e9
     decode_s = makespan_s - prefill_s
     busy_s = {}
     link_bytes = {}
-    for s in Stream:
-        ids = [op.id for op in sched.stream_ops(s)]
-        busy_s[s] = float(dur[ids].sum()) / 1e9 if ids else 0.0
-        link_bytes[s] = sched.link_bytes(s)
+    stream_of = np.fromiter((op.stream is s for s in Stream for op in sched.ops), bool,
+                            len(Stream) * len(sched.ops)).reshape(len(Stream), -1)
+    links = sched.column("link_bytes")
+    for row, s in zip(stream_of, Stream, strict=True):
+        busy_s[s] = float(dur[row].sum()) / 1e9
+        link_bytes[s] = int(links[row].sum())
     bound_s = max(busy_s.values())
     generated = meta.batch * meta.gen_len
     decoded = meta.batch * (meta.gen_len - 1)

@@ -14,6 +14,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import cached_property
+from typing import NamedTuple
+
+import numpy as np
 
 
 class Stream(str, Enum):
@@ -66,9 +70,9 @@ KIND_STREAM: dict[OpKind, Stream] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Op:
-    """One unit of work on one stream.
+class Op(NamedTuple):
+    """One unit of work on one stream (immutable; a NamedTuple because schedules hold
+    hundreds of thousands of them and a frozen dataclass is several times slower to build).
 
     step 0 is the prefill; step t >= 1 is the t-th decode step. `layer` is -1 for
     ops outside the layer stack (the LM head is layer == model.layers).
@@ -179,6 +183,23 @@ class Schedule:
 
     def __len__(self) -> int:
         return len(self.ops)
+
+    @cached_property
+    def waits(self) -> list[tuple[int, ...]]:
+        """Per op: everything it waits for (deps then after)."""
+        return [op.deps + op.after if op.after else op.deps for op in self.ops]
+
+    @cached_property
+    def data_edges(self) -> tuple[np.ndarray, np.ndarray]:
+        """(producer, consumer) op ids of every data dependency, as arrays."""
+        src = [d for op in self.ops for d in op.deps]
+        dst = [op.id for op in self.ops for _ in op.deps]
+        return np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
+
+    def column(self, name: str, dtype=np.int64) -> np.ndarray:
+        """One Op field of every op as an array (e.g. `gpu_bytes`), indexed by op id."""
+        idx = Op._fields.index(name)
+        return np.fromiter((op[idx] for op in self.ops), dtype=dtype, count=len(self.ops))
 
     def link_bytes(self, stream: Stream) -> int:
         return sum(op.link_bytes for op in self._by_stream[stream])

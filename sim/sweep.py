@@ -39,7 +39,7 @@ def simulate_row(point: PointSpec) -> dict[str, Any]:
     """A results row for one point. Never raises for a bad point: a point that does not
     fit is `infeasible`, any other error is `failed`, with the message in `error`."""
     try:
-        run = run_point(point)
+        run = run_point(point, engine="list")  # identical to the SimPy replay, several times faster
     except MemoryPlanError as e:
         return result_row(point, None, str(e), status="infeasible")
     except Exception as e:  # noqa: BLE001 - one bad point must not stop a sweep
