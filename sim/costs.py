@@ -4,13 +4,15 @@ Work (FLOPs, device-memory bytes, kernel launches) depends only on the model's
 shapes and is what policies write into ops. Durations depend on the hardware and
 are asked of a `CostModel`; the simulator and every optimiser ask the same one.
 
-Conventions: a multiply-add is 2 FLOPs; attention is fused (no materialised score
+Work functions are pure and memoised: a schedule asks the same question once per
+layer and micro-batch. Conventions: a multiply-add is 2 FLOPs; attention is fused (no materialised score
 matrix, FlashAttention-style), so its workspace is Q, K, V and the output only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Protocol
 
 import numpy as np
@@ -34,6 +36,7 @@ def attended_pairs(new_tokens: int, past_tokens: int) -> int:
     return new_tokens * past_tokens + new_tokens * (new_tokens + 1) // 2
 
 
+@lru_cache(maxsize=65536)
 def attention_work(m: ModelSpec, batch: int, new_tokens: int, past_tokens: int) -> Work:
     """LN, QKV projection, causal attention over past + new tokens, output projection."""
     p = m.dtype_bytes
@@ -51,6 +54,7 @@ def attention_work(m: ModelSpec, batch: int, new_tokens: int, past_tokens: int) 
     return Work(flops, hbm, kernels=7, workspace_bytes=workspace)
 
 
+@lru_cache(maxsize=65536)
 def qkv_proj_work(m: ModelSpec, batch: int, new_tokens: int) -> Work:
     p = m.dtype_bytes
     tokens = batch * new_tokens
@@ -63,6 +67,7 @@ def qkv_proj_work(m: ModelSpec, batch: int, new_tokens: int) -> Work:
     )
 
 
+@lru_cache(maxsize=65536)
 def out_proj_work(m: ModelSpec, batch: int, new_tokens: int) -> Work:
     p = m.dtype_bytes
     tokens = batch * new_tokens
@@ -74,6 +79,7 @@ def out_proj_work(m: ModelSpec, batch: int, new_tokens: int) -> Work:
     )
 
 
+@lru_cache(maxsize=65536)
 def ffn_work(m: ModelSpec, batch: int, new_tokens: int) -> Work:
     p = m.dtype_bytes
     tokens = batch * new_tokens
@@ -84,6 +90,7 @@ def ffn_work(m: ModelSpec, batch: int, new_tokens: int) -> Work:
     return Work(flops, hbm, kernels=5, workspace_bytes=tokens * inner * m.ffn * p)
 
 
+@lru_cache(maxsize=65536)
 def recompute_kv_work(m: ModelSpec, tokens: int) -> Work:
     """Rebuild K,V from held input activations: LN(x) . [W_K W_V]."""
     p = m.dtype_bytes
@@ -92,6 +99,7 @@ def recompute_kv_work(m: ModelSpec, tokens: int) -> Work:
     return Work(flops, hbm, kernels=2, workspace_bytes=tokens * m.act_bytes_per_token)
 
 
+@lru_cache(maxsize=65536)
 def recompute_layer_work(m: ModelSpec, batch: int, tokens: int, last_layer: bool) -> Work:
     """Re-run a layer for `tokens` recomputed tokens per sequence (a causal prefix).
 
@@ -110,6 +118,7 @@ def recompute_layer_work(m: ModelSpec, batch: int, tokens: int, last_layer: bool
     )
 
 
+@lru_cache(maxsize=65536)
 def lm_head_work(m: ModelSpec, batch: int) -> Work:
     p = m.dtype_bytes
     return Work(
@@ -120,6 +129,7 @@ def lm_head_work(m: ModelSpec, batch: int) -> Work:
     )
 
 
+@lru_cache(maxsize=65536)
 def cpu_attention_work(m: ModelSpec, batch: int, context: int) -> tuple[float, int]:
     """Decode attention of one new token per sequence over `context` host-held tokens.
 
