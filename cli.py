@@ -186,7 +186,9 @@ class SweepProgress:
         self.counts: Counter = Counter()
         self.skipped = 0
         self.finished = 0
-        self.t0 = time.perf_counter()
+        self.total = total
+        self.console = console
+        self.t0 = self.last_line = time.perf_counter()
 
     def __enter__(self):
         self.progress.start()
@@ -210,6 +212,13 @@ class SweepProgress:
         rate = ran / max(time.perf_counter() - self.t0, 1e-9)
         status = f"{self.counts['infeasible']} infeasible, {self.counts['failed']} failed"
         self.progress.update(self.task, advance=1, status=status, rate=f"{rate:.2f} pt/s")
+        now = time.perf_counter()
+        if not self.console.is_terminal and (now - self.last_line > 10 or self.finished == self.total):
+            # no live bar in a log file: a line every 10 s instead
+            self.last_line = now
+            eta = (self.total - self.finished) / rate if rate else float("nan")
+            self.console.print(f"simulated {self.finished}/{self.total} ({status}), {rate:.2f} pt/s, "
+                               f"ETA {eta:.0f} s")
 
 
 class _local_cluster:
