@@ -1,0 +1,126 @@
+"""The whole report of one results table: figures, tables and an index with captions.
+
+Layout under `out_dir`: `figures/NAME.png|pdf`, `tables/NAME.csv|md` and
+`README.md`, which lists every figure with its caption and every figure or table
+left out with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import figures, timeline
+from .results import Skip, load_results
+from .style import Drawn, save_figure
+from .tables import TABLES, to_markdown, write_table
+
+
+@dataclass(frozen=True)
+class FigureDef:
+    name: str
+    caption: str
+    build: Callable[..., Drawn]
+    needs_runs: bool = False
+
+
+FIGURES = [
+    FigureDef("throughput_vs_prompt", "Throughput (generated tokens / (prefill + decode time)) against prompt "
+              "length, one line per policy at its best configuration (cf. HybridServe Fig. 3).",
+              figures.throughput_vs_prompt),
+    FigureDef("latency_vs_recompute_ratio", "Per-token decode latency normalised to KV-only (no recomputation) "
+              "against the recomputation ratio 1 − r, one panel per model; the star marks each policy's "
+              "optimum (cf. HybridServe Fig. 4).", figures.latency_vs_recompute_ratio),
+    FigureDef("throughput_bars", "Throughput per model and policy (best configuration each); the number on a "
+              "bar is its speed-up over the best KV-only configuration at that point.", figures.throughput_bars),
+    FigureDef("utilisation_traffic", "GPU busy fraction (top) and host↔GPU bytes moved, H2D + D2H (bottom, log "
+              "scale), per policy at its best configuration.", figures.utilisation_traffic),
+    FigureDef("bound_distance", "Throughput as a fraction of the busiest-resource bound (the time the busiest "
+              "engine alone needs); the label names that engine.", figures.bound_distance),
+    FigureDef("gantt_decode_step", "One decode step of the smallest feasible point of the first scenario: "
+              "streams as rows, op kinds as colours, one panel per policy (best configuration).",
+              timeline.gantt_decode_step, needs_runs=True),
+    FigureDef("memory_over_time", "GPU and host memory in use over the whole run of the same point, one line "
+              "per policy.", timeline.memory_over_time, needs_runs=True),
+]
+
+
+@dataclass
+class Report:
+    """What a report wrote, and what it left out and why."""
+
+    paths: list[Path] = field(default_factory=list)
+    captions: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def build_report(results: pd.DataFrame | str | Path, out_dir: str | Path,
+                 only: list[str] | None = None) -> Report:
+    """Write every figure and table that the results support; `only` limits the figures by name."""
+    df = load_results(results)
+    out = Path(out_dir)
+    rep = Report()
+    runs_or_reason: tuple[list, list[str]] | str | None = None
+    for fd in FIGURES:
+        if only is not None and fd.name not in only:
+            continue
+        try:
+            if fd.needs_runs:
+                if runs_or_reason is None:
+                    try:
+                        runs_or_reason = timeline.resimulate(timeline.pick_timeline_rows(df))
+                    except Skip as e:
+                        runs_or_reason = str(e)
+                if isinstance(runs_or_reason, str):
+                    raise Skip(runs_or_reason)
+                runs, run_notes = runs_or_reason
+                drawn = fd.build(runs)
+                drawn.notes.extend(run_notes)
+            else:
+                drawn = fd.build(df)
+        except Skip as e:
+            rep.skipped[fd.name] = str(e)
+            continue
+        rep.paths += save_figure(drawn.fig, out / "figures", fd.name)
+        rep.captions[fd.name] = fd.caption + "".join(f" Note: {n}." for n in drawn.notes)
+    for name, (build, _) in TABLES.items():
+        try:
+            rep.paths += write_table(build(df), out / "tables", name)
+        except Skip as e:
+            rep.skipped[f"table {name}"] = str(e)
+    rep.paths.append(_write_index(out, df, rep))
+    return rep
+
+
+def _write_index(out: Path, df: pd.DataFrame, rep: Report) -> Path:
+    n_ok = int((df["status"] == "ok").sum())
+    lines = ["# hssim report", "",
+             f"{len(df)} result rows ({n_ok} feasible) from the scenarios "
+             f"{', '.join(map(str, dict.fromkeys(df['scenario'])))}.", "", "## Figures", ""]
+    for name, caption in rep.captions.items():
+        lines += [f"### {name}", "", f"![{name}](figures/{name}.png)", "", caption,
+                  f"([PDF](figures/{name}.pdf))", ""]
+    lines += ["## Tables", ""]
+    for name, (_, desc) in TABLES.items():
+        if f"table {name}" not in rep.skipped:
+            lines.append(f"- [{name}.md](tables/{name}.md) / [{name}.csv](tables/{name}.csv): {desc}")
+    if rep.skipped:
+        lines += ["", "## Left out", ""]
+        lines += [f"- {name}: {reason}" for name, reason in rep.skipped.items()]
+    summary = out / "tables" / "summary.md"
+    if summary.is_file():
+        lines += ["", "## Summary", "", summary.read_text()]
+    path = out / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def make_report(results: pd.DataFrame | str | Path, out_dir: str | Path) -> list[Path]:
+    """Figures (PNG, PDF), tables (CSV, Markdown) and a README index under `out_dir`; returns the files."""
+    return build_report(results, out_dir).paths
+
+
+__all__ = ["FIGURES", "Report", "build_report", "make_report", "to_markdown"]

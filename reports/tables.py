@@ -1,0 +1,109 @@
+"""Tables of a results table, written as CSV (full precision) and Markdown (rounded)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .figures import RESOURCE_NAMES
+from .results import Skip, best_per_series, ok_rows, workload_columns
+from .style import series_name, series_sort_key
+
+
+def _binding(df: pd.DataFrame) -> pd.Series:
+    cols = [c for c in RESOURCE_NAMES if c in df.columns]
+    if not cols:
+        return pd.Series("", index=df.index)
+    return df[cols].astype(float).idxmax(axis=1).map(RESOURCE_NAMES)
+
+
+def summary_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Every workload point, each policy series at its best configuration, fastest first."""
+    best = best_per_series(ok_rows(df))
+    wl = workload_columns(best)
+    out = best[wl].copy()
+    out["policy"] = best["series"].map(series_name)
+    out["configuration"] = best["policy_label"] if "policy_label" in best else best["series"]
+    out["configs_tried"] = best["configs"]
+    out["throughput_tok_s"] = best["throughput_tok_s"]
+    out["speedup_vs_kv_only"] = best["speedup_vs_kv_only"]
+    optional = {"token_latency_s": ("token_latency_ms", 1e3), "gpu_busy": ("gpu_busy_pct", 100.0),
+                "h2d_bytes": ("h2d_GB", 1e-9), "d2h_bytes": ("d2h_GB", 1e-9)}
+    for col, (name, scale) in optional.items():
+        if col in best:
+            out[name] = best[col] * scale
+    if "bound_tok_s" in best:
+        out["bound_fraction_pct"] = 100.0 * best["throughput_tok_s"] / best["bound_tok_s"]
+    out["binding_resource"] = _binding(best)
+    out["_order"] = best["series"].map(series_sort_key)
+    out = out.sort_values([*wl, "throughput_tok_s"], ascending=[True] * len(wl) + [False], kind="stable")
+    return out.drop(columns="_order").reset_index(drop=True)
+
+
+def ratio_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Token latency at every kv_ratio of every swept policy, normalised to KV-only at the same point."""
+    ok = ok_rows(df, ["kv_ratio", "token_latency_s"])
+    wl = workload_columns(ok)
+    swept = ok[ok.groupby([*wl, "series"], dropna=False)["kv_ratio"].transform("nunique") >= 2]
+    if swept.empty:
+        raise Skip("no kv_ratio sweep")
+    base = ok[ok["series"] == "kv-only"].groupby(wl, dropna=False)["token_latency_s"].min().rename("_base")
+    rows = swept.join(base, on=wl)
+    out = rows[wl].copy()
+    out["policy"] = rows["series"].map(series_name)
+    out["kv_ratio"] = rows["kv_ratio"]
+    out["recompute_ratio"] = 1.0 - rows["kv_ratio"]
+    out["token_latency_ms"] = rows["token_latency_s"] * 1e3
+    out["latency_vs_kv_only"] = rows["token_latency_s"] / rows["_base"]
+    out["throughput_tok_s"] = rows["throughput_tok_s"]
+    return out.sort_values([*wl, "policy", "kv_ratio"], kind="stable").reset_index(drop=True)
+
+
+def infeasible_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Points that do not fit in memory, with the first line of the reason."""
+    bad = df[df["status"] != "ok"]
+    if bad.empty:
+        raise Skip("every point fits")
+    cols = [c for c in [*workload_columns(df), "policy_label"] if c in bad.columns]
+    out = bad[cols].copy()
+    err = bad["error"] if "error" in bad else pd.Series("", index=bad.index)
+    out["error"] = err.fillna("").astype(str).map(lambda e: e.splitlines()[0] if e else "")
+    return out.reset_index(drop=True)
+
+
+def _cell(v) -> str:
+    if isinstance(v, (float, np.floating)):
+        if math.isnan(v):
+            return "–"
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub Markdown table; numbers rounded for reading (the CSV keeps full precision)."""
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |",
+             "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(df[c]) else "---" for c in cols) + "|"]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(df: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv, md = out_dir / f"{name}.csv", out_dir / f"{name}.md"
+    df.to_csv(csv, index=False)
+    md.write_text(to_markdown(df))
+    return [csv, md]
+
+
+#: table name -> (builder, one-line description)
+TABLES = {
+    "summary": (summary_table, "each policy's best configuration at every workload point, with speed-up "
+                               "over KV-only, GPU busy, traffic and distance to the bound"),
+    "recompute_ratio": (ratio_table, "token latency at every KV ratio r, normalised to KV-only"),
+    "infeasible": (infeasible_table, "points that do not fit in GPU or host memory, and why"),
+}

@@ -1,0 +1,243 @@
+"""Figures that need a replayed timeline: a Gantt chart of one decode step and memory over time.
+
+Only one small workload point is re-simulated: the cheapest feasible point of the
+first scenario in the results, with each series' best configuration there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from matplotlib.patches import Patch
+
+from ..sim.schedule import OpKind, Stream
+from .results import Skip, best_per_series, ok_rows, workload_columns
+from .style import (
+    PAGE_IN,
+    Drawn,
+    kind_colours,
+    new_figure,
+    series_colour,
+    series_linestyle,
+    series_name,
+    series_sort_key,
+)
+
+STREAM_ORDER = [s.value for s in Stream]
+KIND_ORDER = [k.value for k in OpKind]
+
+
+@dataclass(frozen=True)
+class TimelineRun:
+    """One re-simulated configuration: its series, label, point and the replay."""
+
+    series: str
+    policy_label: str
+    run: object  # hssim.sim.api.PointRun
+
+    @property
+    def timeline(self) -> pd.DataFrame:
+        return self.run.result.timeline()
+
+
+def pick_timeline_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Best row per series at the cheapest feasible workload point of the first scenario."""
+    ok = ok_rows(df, ["point_json"])
+    first = ok["scenario"].iloc[0]
+    ok = ok[ok["scenario"] == first]
+    best = best_per_series(ok)
+    cost = "ops" if "ops" in best.columns else "makespan_s"
+    wl = workload_columns(best)
+    size = best.groupby(wl, sort=False, dropna=False)[cost].max().sort_values(kind="stable")
+    point = pd.Series(dict(zip(wl, size.index[0], strict=True)))
+    rows = best[(best[wl] == point).all(axis=1)]
+    return rows.sort_values("series", key=lambda s: s.map(series_sort_key), kind="stable")
+
+
+def resimulate(rows: pd.DataFrame) -> tuple[list[TimelineRun], list[str]]:
+    """Replay each row's point; rows whose point no longer loads or fits are noted, not fatal."""
+    from ..sim.api import run_point
+    from ..sim.memory import MemoryPlanError
+    from ..sim.specs import PointSpec
+
+    runs, notes = [], []
+    for _, row in rows.iterrows():
+        try:
+            point = PointSpec.model_validate_json(row["point_json"])
+            runs.append(TimelineRun(row["series"], point.policy.label, run_point(point)))
+        except (ValueError, MemoryPlanError) as e:
+            first = str(e).splitlines()[0]
+            notes.append(f"{row.get('policy_label', row['series'])}: not re-simulated ({first})")
+    if not runs:
+        raise Skip("no point could be re-simulated: " + "; ".join(notes))
+    return runs, notes
+
+
+def _point_title(runs: list[TimelineRun]) -> str:
+    p = runs[0].run.point
+    w = p.workload
+    return (f"{p.scenario}: {p.model.name} on {p.hardware.name}, batch {w.batch} "
+            f"({p.policy.num_gpu_batches}×{p.gpu_batch_size}), prompt {w.prompt_len}, {w.gen_len} output tokens")
+
+
+def config_title(r: TimelineRun) -> str:
+    """Legend name of the series plus what its label adds, e.g. `KV+activation (HybridServe), r=0.50`."""
+    kind = r.run.point.policy.kind.value
+    prefix = r.series if r.policy_label.startswith(r.series) else kind
+    extra = r.policy_label.removeprefix(prefix).strip()
+    return f"{series_name(r.series)}, {extra}" if extra else series_name(r.series)
+
+
+def decode_step_of(gen_len: int) -> int:
+    """The decode step the Gantt chart shows: the middle one (step 0 is the prefill)."""
+    if gen_len < 2:
+        raise Skip("gen_len 1: the run has no decode step")
+    return 1 + (gen_len - 1) // 2
+
+
+# ------------------------------------------------------------------------------------- Gantt
+
+
+ZOOM_LAYERS = 2
+
+
+def _fmt_duration(seconds: float) -> str:
+    return f"{seconds * 1e3:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
+
+
+def _draw_ops(ax, t: pd.DataFrame, t0_s: float, streams: list[str], kinds: list[str], colours, hatches,
+              edges: bool, min_width_ms: float) -> None:
+    """Bars of the ops in `t`; ops narrower than `min_width_ms` are widened to it so that they stay visible."""
+    for row, stream in enumerate(streams):
+        on = t[t["stream"] == stream]
+        for kind in kinds:
+            ops = on[on["kind"] == kind]
+            if ops.empty:
+                continue
+            widths = ((ops["end_s"] - ops["start_s"]) * 1e3).clip(lower=min_width_ms)
+            spans = list(zip((ops["start_s"] - t0_s) * 1e3, widths, strict=True))
+            ax.broken_barh(spans, (row - 0.38, 0.76), facecolors=colours[kind], hatch=hatches[kind],
+                           edgecolor="white" if edges else "none", linewidth=0.3 if edges else 0,
+                           label=kind, gid=f"{stream}:{kind}")
+    ax.set_yticks(range(len(streams)), streams)
+    ax.set_ylim(len(streams) - 0.5, -0.5)
+    ax.grid(axis="y", visible=False)
+
+
+def gantt_decode_step(runs: list[TimelineRun]) -> Drawn:
+    """One decode step per configuration: streams as rows, op kinds as colours, time in ms.
+
+    Left: the whole step. Right (when the model has more than two layers): the
+    step's first two layers, zoomed, where single ops and their overlap show.
+    """
+    step = decode_step_of(runs[0].run.point.workload.gen_len)
+    steps = []
+    for r in runs:
+        t = r.timeline
+        if (t["step"] == step).any():
+            steps.append((r, t[t["step"] == step]))
+    if not steps:
+        raise Skip(f"no op belongs to decode step {step}")
+    kinds_present = {k for _, t in steps for k in t["kind"]}
+    kinds = [k for k in KIND_ORDER if k in kinds_present] + sorted(kinds_present - set(KIND_ORDER))
+    busy_s = pd.concat([t for _, t in steps]).assign(d=lambda x: x["end_s"] - x["start_s"]).groupby("kind")["d"].sum()
+    # solid colours go to the kinds that take the most time; past ten kinds, the least visible get hatches
+    colours, hatches = kind_colours(sorted(kinds, key=lambda k: -busy_s.get(k, 0.0)))
+    zoom = runs[0].run.point.model.layers > ZOOM_LAYERS
+    ncols = 2 if zoom else 1
+    fig, axes = new_figure(ncols, len(steps), width_in=PAGE_IN, panel_height_in=1.0,
+                           gridspec_kw={"width_ratios": [2.2, 1]} if zoom else None)
+    longest_ms = max((t["end_s"].max() - t["start_s"].min()) * 1e3 for _, t in steps)
+    for i, (r, t) in enumerate(steps):
+        t0 = t["start_s"].min()
+        streams = [s for s in STREAM_ORDER if s in set(t["stream"])] + sorted(set(t["stream"]) - set(STREAM_ORDER))
+        ax = axes[i * ncols]
+        ax.set_gid(f"step:{r.series}")
+        if i:
+            ax.sharex(axes[0])
+        _draw_ops(ax, t, t0, streams, kinds, colours, hatches, edges=not zoom, min_width_ms=longest_ms * 1e-3)
+        ax.set_title(f"{config_title(r)}: decode step {step} takes {_fmt_duration(t['end_s'].max() - t0)}",
+                     loc="left")
+        if zoom:
+            first = t[(t["layer"] >= 0) & (t["layer"] < ZOOM_LAYERS)]
+            lo, hi = (first["start_s"].min() - t0) * 1e3, (first["end_s"].max() - t0) * 1e3
+            window = t[((t["end_s"] - t0) * 1e3 > lo) & ((t["start_s"] - t0) * 1e3 < hi)]
+            zax = axes[i * ncols + 1]
+            zax.set_gid(f"zoom:{r.series}")
+            _draw_ops(zax, window, t0, streams, kinds, colours, hatches, edges=True, min_width_ms=(hi - lo) * 4e-3)
+            zax.set_xlim(lo, hi)
+            zax.tick_params(labelleft=False)
+            zax.set_title(f"layers 0–{ZOOM_LAYERS - 1}, zoomed", loc="left")
+            ax.axvspan(lo, hi, color="0.5", alpha=0.15, linewidth=0, zorder=0)
+    for ax in axes[:-ncols]:
+        ax.tick_params(labelbottom=False)
+    for ax in axes[-ncols:]:
+        ax.set_xlabel("time since the step's first op (ms)")
+    fig.suptitle(_point_title(runs), fontsize=7)
+    handles = [Patch(facecolor=colours[k], hatch=hatches[k], edgecolor="white", label=k) for k in kinds]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(kinds), 6), frameon=False,
+               title="op kind")
+    return Drawn(fig, [f"decode step {step} of {runs[0].run.point.workload.gen_len - 1}"])
+
+
+# ------------------------------------------------------------------------------ memory occupancy
+
+
+MEMORY_BINS = 400
+
+
+def occupancy_envelope(time_s: np.ndarray, value: np.ndarray, end_s: float, bins: int = MEMORY_BINS):
+    """Min and max of a step function (value holds from each time to the next) over equal time bins.
+
+    Returns (bin start times, min per bin, max per bin); a dense oscillation reads as a band.
+    """
+    edges = np.linspace(0.0, max(end_s, float(time_s.max(initial=0.0)), 1e-12), bins + 1)
+    # value in force at each bin's start, then every change inside the bin
+    carried = value[np.clip(np.searchsorted(time_s, edges[:-1], side="right") - 1, 0, None)]
+    which = np.clip(np.searchsorted(edges, time_s, side="right") - 1, 0, bins - 1)
+    lo, hi = carried.astype(float), carried.astype(float)
+    np.minimum.at(lo, which, value)
+    np.maximum.at(hi, which, value)
+    return edges[:-1], lo, hi
+
+
+def memory_over_time(runs: list[TimelineRun]) -> Drawn:
+    """GPU (left) and host (right) memory in use over the whole run, one band per configuration.
+
+    The band spans the least and most memory in use within each of `MEMORY_BINS` time bins;
+    its upper edge is drawn as a line.
+    """
+    from ..sim.metrics import memory_occupancy
+
+    fig, axes = new_figure(2, 1, width_in=PAGE_IN, panel_height_in=2.0)
+    hw = runs[0].run.point.hardware
+    peak_gb = {}
+    for r in runs:
+        occ = memory_occupancy(r.run.result)
+        peak_gb[r.policy_label] = float(occ["gpu_bytes"].max()) / 1e9
+        t = occ["time_s"].to_numpy()
+        for ax, col in zip(axes, ("gpu_bytes", "host_bytes"), strict=True):
+            x, lo, hi = occupancy_envelope(t, occ[col].to_numpy(), r.run.result.makespan_s)
+            colour = series_colour(r.series)
+            ax.fill_between(x, lo / 1e9, hi / 1e9, step="post", color=colour, alpha=0.25, linewidth=0)
+            ax.plot(x, hi / 1e9, drawstyle="steps-post", label=config_title(r), color=colour,
+                    linestyle=series_linestyle(r.series), linewidth=0.9)
+    for ax, what, cap in ((axes[0], "GPU", hw.gpu.memory_bytes), (axes[1], "host", hw.host.memory_bytes)):
+        top = max(line.get_ydata().max() for line in ax.get_lines())
+        if cap / 1e9 <= 1.6 * top:
+            ax.axhline(cap / 1e9, color="0.3", linewidth=0.7, linestyle=":", label="_capacity")
+            ax.annotate(f"{what} capacity {cap / 1e9:.0f} GB", (0.99, cap / 1e9), xycoords=("axes fraction", "data"),
+                        ha="right", va="bottom", fontsize=6, color="0.3")
+            ax.set_ylim(0, cap / 1e9 * 1.1)
+        else:
+            ax.set_ylim(0, top * 1.1 if top > 0 else 1)
+        ax.set_xlim(left=0)
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel(f"{what} memory in use (GB)")
+    fig.suptitle(_point_title(runs), fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3), frameon=False)
+    return Drawn(fig, ["bands span the least and most memory in use per time bin",
+                       "peak GPU memory: " + ", ".join(f"{k} {v:.2f} GB" for k, v in peak_gb.items())])
