@@ -1,0 +1,167 @@
+"""validate: the profile and its cost model, the comparison, and `hssim validate --device cpu` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_point, tiny_model
+
+from hssim.sim.engine import simulate
+from hssim.sim.policies import build_schedule
+from hssim.sim.schedule import OpKind
+from hssim.validate.compare import join_ops, overlap, point_errors, step_times
+from hssim.validate.profile import (
+    Curve,
+    GemmTable,
+    HardwareProfile,
+    LinearFit,
+    ProfiledCostModel,
+    ProfileDeviceWarning,
+    check_device,
+    load_profile,
+)
+
+
+def _fit(c: float) -> LinearFit:
+    return LinearFit(intercept_s=c, per_kv_byte_s=1e-10, per_flop_s=1e-12, per_row_s=0.0, median_ape=0.0)
+
+
+def synthetic_profile(**over) -> HardwareProfile:
+    curve = Curve(bytes=[4096, 2**20, 2**26], seconds=[5e-6, 1e-4, 6e-3])
+    data = dict(
+        name="synthetic", device={"backend": "cpu", "name": "test-cpu", "driver": "d", "torch_version": "t",
+                                  "cuda_version": "none", "host": "h", "cpu_count": 2, "date": "2026-01-01"},
+        dtype="fp16", threads=1, contention="idle", device_memory_bytes=64 * 2**30, host_memory_bytes=64 * 2**30,
+        launch_s=5e-6, copies={f"{d}/pageable/idle": curve for d in ("h2d", "d2h")}, device_copy=curve,
+        gemm={"idle": GemmTable(rows=[(m, n, k, 1e-6 + 2 * m * n * k / 1e11) for m in (1, 8, 64)
+                                      for n, k in ((1024, 256), (768, 256), (256, 256), (256, 1024))])},
+        attention_decode=_fit(1e-5), attention_prefill=_fit(2e-5), cpu_attention=_fit(3e-5), op_overhead_s={},
+    )
+    data.update(over)
+    return HardwareProfile(**data)
+
+
+def test_curve_and_gemm_table_interpolate_monotonically_and_extrapolate_linearly():
+    c = Curve(bytes=[1000, 10_000, 100_000], seconds=[1e-5, 2e-5, 1e-4])
+    sizes = np.geomspace(10, 1e7, 50)
+    times = [c.time_s(s) for s in sizes]
+    assert all(b >= a for a, b in zip(times, times[1:], strict=False))
+    assert c.time_s(1e6) == pytest.approx(1e-3)  # linear in bytes beyond the largest measurement
+    assert c.time_s(0) == 0.0
+    t = synthetic_profile().gemm["idle"]
+    assert t.time_s(8, 1024, 256) == pytest.approx(1e-6 + 2 * 8 * 1024 * 256 / 1e11)
+    assert t.time_s(4, 1024, 256) < t.time_s(8, 1024, 256) < t.time_s(16, 1024, 256)
+    # an unmeasured (N, K) is scaled from the nearest measured one by N*K
+    assert t.time_s(8, 2048, 256) == pytest.approx(2 * t.time_s(8, 1024, 256))
+
+
+@pytest.mark.parametrize("policy", [dict(kind="kv-only"), dict(kind="kv-only", cpu_attention=True),
+                                    dict(kind="hybrid", kv_ratio=0.5), dict(kind="token-recompute", kv_ratio=0.5)])
+@pytest.mark.parametrize("llama", [False, True])
+def test_profiled_cost_model_covers_every_op_of_every_policy(policy, llama):
+    model = tiny_model(layers=2, hidden=256, llama=llama)
+    p = make_point(model, batch=4, prompt_len=16, gen_len=3, num_gpu_batches=2, **policy)
+    sched = build_schedule(p)
+    cost = ProfiledCostModel(synthetic_profile(), p.model)
+    durs = [cost.duration_s(op) for op in sched.ops]
+    assert all(math.isfinite(d) and d > 0 for d in durs)
+    res = simulate(sched, cost)
+    assert res.makespan_s > 0
+    # more context costs more attention; more bytes cost more copy time
+    att = sorted((op.shape_dict["past_tokens"], cost.duration_s(op)) for op in sched.ops
+                 if op.kind is OpKind.attention and op.step >= 1)
+    assert all(b[1] >= a[1] for a, b in zip(att, att[1:], strict=False))
+
+
+def test_profile_round_trips_through_yaml_and_warns_on_another_device(tmp_path):
+    prof = synthetic_profile()
+    path = prof.save(tmp_path / "p.yaml")
+    back = load_profile(path)
+    assert back == prof
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_device(back, dict(prof.device))
+    with pytest.warns(ProfileDeviceWarning, match="another device"):
+        load_profile(path, current={**prof.device, "name": "other-gpu"})
+    spec = back.hardware_spec()
+    assert spec.link.h2d_pinned_Bps == pytest.approx(2**26 / 6e-3)
+
+
+def test_join_and_errors_of_identical_timelines_are_zero():
+    p = make_point(tiny_model(layers=2), batch=4, prompt_len=16, gen_len=3, num_gpu_batches=2, kind="hybrid",
+                   kv_ratio=0.5)
+    sched = build_schedule(p)
+    tl = simulate(sched, ProfiledCostModel(synthetic_profile(), p.model)).timeline()
+    ops = join_ops(tl, tl)
+    assert len(ops) == len(sched.ops) and float(ops["ape"].max()) == 0.0
+    row, steps = point_errors(tl, tl)
+    assert row["e2e_ape"] == 0.0 and (steps["ape"] == 0).all()
+    assert step_times(tl).sum() == pytest.approx(tl["end_s"].max())
+    ov = overlap(tl)
+    assert 0.0 <= ov["hidden_link_share"] <= 1.0 and ov["overlap_s"] <= ov["link_busy_s"] + 1e-12
+
+
+def test_validate_gpu_without_cuda_is_a_one_line_error():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    from click.testing import CliRunner
+
+    from hssim.validate.cli import validate
+
+    r = CliRunner().invoke(validate, ["--gpu"])
+    assert r.exit_code == 2
+    assert "no CUDA device" in r.output and "--device cpu" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_validate_device_cpu_quick_writes_a_complete_finite_report(tmp_path):
+    pytest.importorskip("torch")
+    from click.testing import CliRunner
+
+    from hssim.validate.cli import validate
+
+    out = tmp_path / "report"
+    r = CliRunner().invoke(validate, ["--device", "cpu", "--set", "quick", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    for name in ("README.md", "summary.csv", "points.csv", "steps.csv", "kinds.csv", "worst_ops.csv", "ops.csv",
+                 "ablation.csv", "profile.yaml", "figures/scatter_by_kind.png", "figures/gantt_decode_step.png",
+                 "figures/overlap_by_policy.png", "microbench/gemm.csv", "microbench/copies.csv"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    summ = pd.read_csv(out / "summary.csv").iloc[0]
+    for col in ("e2e_ape_median", "e2e_ape_p95", "step_ape_median", "step_ape_p95"):
+        assert math.isfinite(summ[col]) and summ[col] >= 0, col
+    points = pd.read_csv(out / "points.csv")
+    assert points["policy"].nunique() == 4
+    assert np.isfinite(points[["makespan_sim_s", "makespan_meas_s", "e2e_ape"]].to_numpy()).all()
+    kinds = pd.read_csv(out / "kinds.csv")
+    assert np.isfinite(kinds[["ape_median", "sim_total_s", "meas_total_s"]].to_numpy()).all()
+    text = (out / "README.md").read_text()
+    assert "hssim validate --device cpu --set quick" in text and "not run on a GPU" in text
+    traces = sorted((out / "traces").glob("*.json"))
+    assert len(traces) == 2 * len(points)
+    trace = json.loads(traces[0].read_text())
+    assert any(e.get("ph") == "X" for e in trace["traceEvents"])
+    # the saved profile loads back and drives the cost model
+    prof = load_profile(out / "profile.yaml")
+    assert prof.device["backend"] == "cpu" and prof.op_overhead_s
+
+
+def test_contention_blend_lies_between_idle_and_busy_rates():
+    from hssim.validate.contention import simulate_contended
+
+    p = make_point(tiny_model(layers=2), batch=4, prompt_len=16, gen_len=3, num_gpu_batches=2, kind="kv-only")
+    sched = build_schedule(p)
+    idle = synthetic_profile()
+    slow = GemmTable(rows=[(m, n, k, 3 * s) for m, n, k, s in idle.gemm["idle"].rows])
+    prof = synthetic_profile(contention="overlap", gemm={"idle": idle.gemm["idle"], "busy": slow})
+    lo = simulate(sched, ProfiledCostModel(prof, p.model, contended=False)).makespan_ns
+    hi = simulate(sched, ProfiledCostModel(prof, p.model, contended=True)).makespan_ns
+    mid = simulate_contended(sched, prof, p.model).makespan_ns
+    assert lo <= mid <= hi
+    same = synthetic_profile(contention="overlap", gemm={"idle": idle.gemm["idle"], "busy": idle.gemm["idle"]})
+    assert simulate_contended(sched, same, p.model).makespan_ns == lo

@@ -1,0 +1,1 @@
+"""Validation: hssim's predictions checked against measurements and against peer cost models."""

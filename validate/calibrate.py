@@ -1,0 +1,126 @@
+"""Micro-benchmark results -> a `HardwareProfile`.
+
+Only micro-benchmarks feed the profile: copy curves and the GEMM table are the
+measurements themselves; the attention kernels are non-negative least-squares
+fits (relative error) of time against the context's K,V bytes, FLOPs and query
+rows; the executor's dispatch cost per op kind is measured by running tiny
+models (hidden 128: kernel time negligible, so what remains is the Python,
+thread hand-off and launch cost per op) through the executor and subtracting
+the profile's own prediction of their kernels. The validation set never feeds
+the profile.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from ..sim.specs import HardwareSpec, ModelSpec, PointSpec, PolicySpec, WorkloadSpec
+from .device import DeviceInfo, require_torch
+from .measure import WeightCache, measure
+from .microbench import BenchResults
+from .profile import Curve, GemmTable, HardwareProfile, LinearFit, ProfiledCostModel, overhead_key
+
+FEATURES = ["kv_bytes", "flops", "rows"]
+
+
+def nnls_relative(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative least squares of `y ~ x @ coef`, minimising the relative error (active set)."""
+    w = 1.0 / y
+    a = x * w[:, None]
+    scale = np.abs(a).max(axis=0)
+    scale[scale == 0] = 1.0
+    a = a / scale
+    active = list(range(x.shape[1]))
+    coef = np.zeros(x.shape[1])
+    while active:
+        sol, *_ = np.linalg.lstsq(a[:, active], np.ones(len(y)), rcond=None)
+        if (sol >= 0).all():
+            coef[:] = 0
+            coef[active] = sol
+            break
+        active.pop(int(np.argmin(sol)))
+    return coef / scale
+
+
+def fit_linear(df: pd.DataFrame) -> LinearFit:
+    x = np.column_stack([np.ones(len(df)), *[df[f].to_numpy(float) for f in FEATURES]])
+    y = df["seconds"].to_numpy(float)
+    c = nnls_relative(x, y)
+    ape = np.abs(x @ c - y) / y
+    return LinearFit(intercept_s=float(c[0]), per_kv_byte_s=float(c[1]), per_flop_s=float(c[2]),
+                     per_row_s=float(c[3]), median_ape=float(np.median(ape)))
+
+
+def _curve(df: pd.DataFrame) -> Curve:
+    g = df.groupby("bytes", sort=True)["seconds"].median()
+    return Curve(bytes=[int(b) for b in g.index], seconds=[float(s) for s in g.to_numpy()])
+
+
+def _memory_bytes(backend: str) -> tuple[int, int]:
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if backend == "cuda":
+        return int(require_torch().cuda.get_device_properties(0).total_memory), int(host)
+    return int(host), int(host)
+
+
+def profile_from_bench(name: str, info: DeviceInfo, bench: BenchResults,
+                       op_overhead_s: dict[str, float] | None = None) -> HardwareProfile:
+    copies = {f"{d}/{m}/{c}": _curve(g) for (d, m, c), g in bench.copies.groupby(["direction", "memory", "condition"])}
+    gemm = {c: GemmTable(rows=[(int(r.m), int(r.n), int(r.k), float(r.seconds)) for r in g.itertuples()])
+            for c, g in bench.gemm.groupby("condition")}
+    attn = bench.attention
+    dev_mem, host_mem = _memory_bytes(bench.backend)
+    notes = list(bench.notes)
+    notes.append("op_overhead_s: executor dispatch cost per op (Python, thread hand-off, launches), measured on "
+                 "tiny models; key KIND:NORM is per model family")
+    return HardwareProfile(
+        name=name, device=info.as_dict(), dtype=bench.dtype, threads=bench.threads,
+        contention="overlap" if bench.backend == "cpu" else "idle",
+        device_memory_bytes=dev_mem, host_memory_bytes=host_mem, launch_s=float(bench.launch_s),
+        copies=copies, device_copy=_curve(bench.device_copy), gemm=gemm,
+        attention_decode=fit_linear(attn[attn["phase"] == "decode"]),
+        attention_prefill=fit_linear(attn[attn["phase"] == "prefill"]),
+        cpu_attention=fit_linear(bench.cpu_attention),
+        op_overhead_s=dict(op_overhead_s or {}), notes=notes,
+    )
+
+
+def _tiny_models(dtype: str) -> list[ModelSpec]:
+    opt = ModelSpec(name="dispatch-opt", layers=2, hidden=128, heads=4, kv_heads=4, ffn=512, vocab=256,
+                    max_positions=64, dtype=dtype)
+    llama = ModelSpec(name="dispatch-llama", layers=2, hidden=128, heads=4, kv_heads=4, ffn=344, vocab=256,
+                      max_positions=64, ffn_kind="swiglu", norm_kind="rmsnorm", bias=False, dtype=dtype)
+    return [opt, llama]
+
+
+DISPATCH_POLICIES = (
+    PolicySpec(kind="kv-only", num_gpu_batches=2),
+    PolicySpec(kind="kv-only", cpu_attention=True, num_gpu_batches=2),
+    PolicySpec(kind="hybrid", kv_ratio=0.5, num_gpu_batches=2),
+    PolicySpec(kind="token-recompute", kv_ratio=0.5, num_gpu_batches=2),
+)
+
+
+def measure_dispatch(profile: HardwareProfile, backend: str, hardware: HardwareSpec, repeats: int = 3,
+                     progress: Callable[[str], None] | None = None) -> dict[str, float]:
+    """Per op kind and model family: median(measured - predicted kernel time) over tiny-model runs, >= 0."""
+    zero = profile.model_copy(update={"op_overhead_s": {}, "launch_s": 0.0})
+    residual: dict[str, list[float]] = {}
+    weights = WeightCache()
+    for model in _tiny_models(profile.dtype):
+        if progress:
+            progress(f"dispatch cost ({model.norm_kind.value} family)")
+        cost = ProfiledCostModel(zero, model)
+        for pol in DISPATCH_POLICIES:
+            point = PointSpec(scenario="dispatch", model=model, hardware=hardware,
+                              workload=WorkloadSpec(batch=4, prompt_len=8, gen_len=4), policy=pol)
+            meas = measure(point, backend, repeats=repeats, warmup=1, weights=weights)
+            dur = (meas.result.end_ns - meas.result.start_ns) / 1e9
+            for op in meas.schedule.ops:
+                residual.setdefault(overhead_key(op.kind.value, model), []).append(
+                    float(dur[op.id]) - cost.duration_s(op))
+    return {k: max(0.0, float(np.median(v))) for k, v in sorted(residual.items())}

@@ -1,0 +1,67 @@
+"""The one coupling to the hw executor: run a point's schedule and get its measured timeline.
+
+Everything validate needs from `hssim.hw` goes through here: `measure_point`
+(the executor), `random_weights` (shared by the points of one model, so a set
+of points does not regenerate them), and the executor's own attention kernel
+(`LayerKernels.attend`) for the attention micro-benchmark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..sim.engine import SimResult
+from ..sim.schedule import Schedule
+from ..sim.specs import ModelSpec, PointSpec
+
+
+class MeasureError(RuntimeError):
+    """The executor cannot run a point; the message says why."""
+
+
+@dataclass(frozen=True)
+class Measured:
+    point: PointSpec
+    schedule: Schedule
+    result: SimResult  # the median run, in the simulator's Timeline schema
+    runs_s: tuple[float, ...]
+    device_name: str
+    host_memory: str  # "pinned" or "pageable"
+
+
+class WeightCache:
+    """Random weights of the real shapes, made once per model (all layers a point may use)."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, object] = {}
+
+    def get(self, model: ModelSpec):
+        from ..hw.weights import ModelWeights, random_weights
+
+        full = model.model_copy(update={"name": model.name, "layers": 1})
+        key = full.model_dump_json()
+        have = self._by_key.get(key)
+        if have is None or len(have.layers) < model.layers:
+            have = random_weights(model.model_copy(update={"layers": max(model.layers, 1)}), seed=0)
+            self._by_key[key] = have
+        return ModelWeights(layers=have.layers[:model.layers], embed=have.embed, positions=have.positions,
+                            final_norm=have.final_norm, lm_head=have.lm_head)
+
+
+def measure(point: PointSpec, backend: str, repeats: int, warmup: int, weights: WeightCache | None = None) -> Measured:
+    from ..hw.executor import ExecutorError, measure_point
+
+    try:
+        m = measure_point(point, backend, repeats=repeats, warmup=warmup,
+                          weights=weights.get(point.model) if weights else None)
+    except ExecutorError as e:
+        raise MeasureError(str(e)) from None
+    return Measured(point=point, schedule=m.schedule, result=m.result, runs_s=tuple(m.runs_s),
+                    device_name=m.device_name, host_memory="pinned" if m.pinned else "pageable")
+
+
+def attention_kernel(model: ModelSpec):
+    """The executor's attention over a context: `attend(q [new,b,h], context [ctx,b,2hk])`."""
+    from ..hw.kernels import LayerKernels
+
+    return LayerKernels(model, None).attend

@@ -1,0 +1,277 @@
+"""Micro-benchmarks of what the executor does, on the device it runs on.
+
+Each benchmark returns a DataFrame of raw timings (seconds per call):
+
+- `copies`: host->device and device->host copies against size, pinned and
+  pageable host memory (pinned needs CUDA; on the CPU backend both ends are
+  ordinary memory and only pageable exists), each alone (`idle`), with the other
+  direction copying at the same time (`duplex`) and, on the CPU backend, with a
+  matmul running on the neighbour thread (`busy`);
+- `device_copy`: device memory -> device memory (the rate of elementwise work);
+- `gemm`: `F.linear` at the real (M, N, K) of every op kind of the benchmarked
+  models, decode and prefill M values; on the CPU backend also `busy` (a copy
+  running on the neighbour thread);
+- `attention`: the executor's attention (context concatenation + its attention
+  kernel) against batch and context, decode (one new token) and prefill (causal);
+- `cpu_attention`: FlexGen's host-side attention (fp32, host memory);
+- `launch`: the cost of one tiny kernel (launch overhead).
+
+Intra-op threads are set the way the executor sets them, so the CPU rates are
+the rates the executor's stream threads get.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..sim.specs import FFNKind, ModelSpec
+from .device import executor_threads, require_torch
+from .measure import attention_kernel
+from .timing import busy_neighbour, time_s
+
+TORCH_DTYPE_NAMES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """What to benchmark: the models whose shapes matter, and the grids."""
+
+    models: tuple[ModelSpec, ...]
+    dtype: str
+    gemm_m: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+    lm_head_m: tuple[int, ...] = (1, 2, 4, 8, 16)
+    attn_batch: tuple[int, ...] = (1, 2, 4, 8)
+    attn_context: tuple[int, ...] = (16, 64, 128, 256, 512)
+    prefill_tokens: tuple[int, ...] = (16, 32, 64, 128)
+    copy_bytes: tuple[int, ...] = tuple(int(2**e) for e in range(12, 29, 2))
+    min_total_s: float = 0.02
+
+
+@dataclass
+class BenchResults:
+    backend: str
+    dtype: str
+    threads: int
+    copies: pd.DataFrame
+    device_copy: pd.DataFrame
+    gemm: pd.DataFrame
+    attention: pd.DataFrame
+    cpu_attention: pd.DataFrame
+    launch_s: float
+    notes: list[str] = field(default_factory=list)
+
+
+def gemm_shapes(m: ModelSpec) -> dict[str, tuple[int, int]]:
+    """(N, K) of every weight GEMM of one layer (and the LM head), by name."""
+    h, hk, f = m.hidden, m.kv_hidden, m.ffn
+    up = f if m.ffn_kind is FFNKind.relu else 2 * f
+    return {"qkv": (h + 2 * hk, h), "out": (h, h), "kv": (2 * hk, h), "ffn_up": (up, h), "ffn_down": (h, f),
+            "lm_head": (m.vocab, h)}
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    torch = require_torch()
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _device(backend: str):
+    torch = require_torch()
+    return torch.device("cuda" if backend == "cuda" else "cpu")
+
+
+def _neighbour_matmul(backend: str, dtype) -> Callable[[], object]:
+    torch = require_torch()
+    a = torch.randn(8, 2048, dtype=dtype, device=_device(backend))
+    w = torch.randn(2048, 2048, dtype=dtype, device=_device(backend))
+    return lambda: torch.nn.functional.linear(a, w)
+
+
+def _neighbour_copy(backend: str, nbytes: int = 32 * 2**20) -> Callable[[], object]:
+    torch = require_torch()
+    src = torch.empty(nbytes, dtype=torch.uint8)
+    dst = torch.empty(nbytes, dtype=torch.uint8, device=_device(backend))
+    return lambda: dst.copy_(src, non_blocking=True)
+
+
+def bench_copies(backend: str, plan: BenchPlan, dtype) -> pd.DataFrame:
+    torch = require_torch()
+    dev = _device(backend)
+    kinds = ["pinned", "pageable"] if backend == "cuda" else ["pageable"]
+    rows = []
+    for memory in kinds:
+        pin = memory == "pinned"
+        for nbytes in plan.copy_bytes:
+            host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
+            other = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
+            gpu = torch.empty(nbytes, dtype=torch.uint8, device=dev)
+            gpu2 = torch.empty(nbytes, dtype=torch.uint8, device=dev)
+            h2d = lambda g=gpu, h=host: g.copy_(h, non_blocking=True)  # noqa: E731
+            d2h = lambda g=gpu2, h=other: h.copy_(g, non_blocking=True)  # noqa: E731
+            conditions: dict[str, dict[str, Callable | None]] = {
+                "idle": {"h2d": None, "d2h": None},
+                "duplex": {"h2d": d2h, "d2h": h2d},
+            }
+            if backend == "cpu":
+                mm = _neighbour_matmul(backend, dtype)
+                conditions["busy"] = {"h2d": mm, "d2h": mm}
+            for cond, neighbours in conditions.items():
+                for direction, fn in (("h2d", h2d), ("d2h", d2h)):
+                    with busy_neighbour(neighbours[direction], backend):
+                        t = time_s(fn, backend, plan.min_total_s)
+                    rows.append({"direction": direction, "memory": memory, "condition": cond,
+                                 "bytes": nbytes, "seconds": t})
+    return pd.DataFrame(rows)
+
+
+def bench_device_copy(backend: str, plan: BenchPlan) -> pd.DataFrame:
+    torch = require_torch()
+    dev = _device(backend)
+    rows = []
+    for nbytes in plan.copy_bytes:
+        a = torch.empty(nbytes, dtype=torch.uint8, device=dev)
+        b = torch.empty(nbytes, dtype=torch.uint8, device=dev)
+        # a copy reads and writes: the bytes an elementwise op moves are 2 x nbytes
+        rows.append({"bytes": 2 * nbytes, "seconds": time_s(lambda a=a, b=b: b.copy_(a), backend, plan.min_total_s)})
+    return pd.DataFrame(rows)
+
+
+def bench_gemm(backend: str, plan: BenchPlan, dtype) -> pd.DataFrame:
+    torch = require_torch()
+    F = torch.nn.functional
+    dev = _device(backend)
+    shapes: dict[tuple[int, int], tuple[bool, tuple[int, ...]]] = {}
+    for m in plan.models:
+        for name, nk in gemm_shapes(m).items():
+            ms = plan.lm_head_m if name == "lm_head" else plan.gemm_m
+            bias = m.bias and name != "lm_head"
+            old = shapes.get(nk, (bias, ()))
+            shapes[nk] = (bias, tuple(sorted(set(old[1]) | set(ms))))
+    conditions: dict[str, Callable | None] = {"idle": None}
+    if backend == "cpu":
+        conditions["busy"] = _neighbour_copy(backend)
+    rows = []
+    for (n, k), (bias, ms) in shapes.items():
+        w = torch.randn(n, k, dtype=dtype, device=dev) * 0.02
+        b = torch.zeros(n, dtype=dtype, device=dev) if bias else None
+        for mrows in ms:
+            x = torch.randn(mrows, k, dtype=dtype, device=dev)
+            for cond, neighbour in conditions.items():
+                with busy_neighbour(neighbour, backend):
+                    t = time_s(lambda x=x, w=w, b=b: F.linear(x, w, b), backend, plan.min_total_s)
+                rows.append({"condition": cond, "m": mrows, "n": n, "k": k, "seconds": t})
+    return pd.DataFrame(rows)
+
+
+def attention_features(batch: int, heads: int, kv_hidden: int, hidden: int, new: int, context: int,
+                       dtype_bytes: int) -> dict[str, float]:
+    """What an attention call touches: context K,V bytes and score/value FLOPs."""
+    pairs = new * (context - new) + new * (new + 1) // 2
+    return {"kv_bytes": float(batch * context * 2 * kv_hidden * dtype_bytes),
+            "flops": float(4 * batch * pairs * hidden), "rows": float(batch * heads * new)}
+
+
+def bench_attention(backend: str, plan: BenchPlan, dtype) -> pd.DataFrame:
+    torch = require_torch()
+    dev = _device(backend)
+    p = torch.empty((), dtype=dtype).element_size()
+    rows = []
+    seen = set()
+    for m in plan.models:
+        key = (m.hidden, m.heads, m.kv_heads)
+        if key in seen:
+            continue
+        seen.add(key)
+        attend = attention_kernel(m)
+        h, hk2 = m.hidden, 2 * m.kv_hidden
+        for b in plan.attn_batch:
+            for ctx in plan.attn_context:
+                q = torch.randn(1, b, h, dtype=dtype, device=dev)
+                past = torch.randn(ctx - 1, b, hk2, dtype=dtype, device=dev)
+                kv = torch.randn(1, b, hk2, dtype=dtype, device=dev)
+                fn = lambda q=q, past=past, kv=kv, attend=attend: attend(q, torch.cat((past, kv)))  # noqa: E731
+                rows.append({"phase": "decode", "batch": b, "hidden": h, "heads": m.heads, "kv_heads": m.kv_heads,
+                             "new": 1, "context": ctx, **attention_features(b, m.heads, m.kv_hidden, h, 1, ctx, p),
+                             "seconds": time_s(fn, backend, plan.min_total_s)})
+            for new in plan.prefill_tokens:
+                q = torch.randn(new, b, h, dtype=dtype, device=dev)
+                kv = torch.randn(new, b, hk2, dtype=dtype, device=dev)
+                rows.append({"phase": "prefill", "batch": b, "hidden": h, "heads": m.heads, "kv_heads": m.kv_heads,
+                             "new": new, "context": new,
+                             **attention_features(b, m.heads, m.kv_hidden, h, new, new, p),
+                             "seconds": time_s(lambda q=q, kv=kv, attend=attend: attend(q, kv), backend,
+                                                               plan.min_total_s)})
+    return pd.DataFrame(rows)
+
+
+def bench_cpu_attention(plan: BenchPlan, dtype) -> pd.DataFrame:
+    """FlexGen's host attention as the executor runs it: fp32 over the host cache."""
+    torch = require_torch()
+    rows = []
+    seen = set()
+    for m in plan.models:
+        if (m.hidden, m.heads, m.kv_heads) in seen:
+            continue
+        seen.add((m.hidden, m.heads, m.kv_heads))
+        attend = attention_kernel(m)
+        h, hk2 = m.hidden, 2 * m.kv_hidden
+        p = torch.empty((), dtype=dtype).element_size()
+        for b in plan.attn_batch:
+            for ctx in plan.attn_context:
+                qkv = torch.randn(b, h + hk2, dtype=dtype)
+                cache = torch.randn(ctx, b, hk2, dtype=dtype)
+
+                def fn(qkv=qkv, cache=cache, attend=attend, h=h):
+                    cache[-1].copy_(qkv[:, h:])
+                    return attend(qkv[None, :, :h].float(), cache.float())
+
+                rows.append({"batch": b, "hidden": h, "heads": m.heads, "kv_heads": m.kv_heads, "context": ctx,
+                             **attention_features(b, m.heads, m.kv_hidden, h, 1, ctx, p),
+                             "seconds": time_s(fn, "cpu", plan.min_total_s)})
+    return pd.DataFrame(rows)
+
+
+def bench_launch(backend: str) -> float:
+    torch = require_torch()
+    x = torch.zeros(1, device=_device(backend))
+    return time_s(lambda: x.add_(1.0), backend, 0.02, max_iters=2000)
+
+
+def run_microbenchmarks(backend: str, plan: BenchPlan, progress: Callable[[str], None] | None = None) -> BenchResults:
+    """Every micro-benchmark of `plan` on `backend`, with the executor's thread count."""
+    torch = require_torch()
+    dtype = getattr(torch, TORCH_DTYPE_NAMES[plan.dtype])
+    say = progress or (lambda _msg: None)
+    threads = executor_threads(backend)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    with _threads(threads), torch.inference_mode():
+        say("launch overhead")
+        launch = bench_launch(backend)
+        say("copies")
+        copies = bench_copies(backend, plan, dtype)
+        say("device memory")
+        dcopy = bench_device_copy(backend, plan)
+        say("GEMMs")
+        gemm = bench_gemm(backend, plan, dtype)
+        say("attention")
+        attn = bench_attention(backend, plan, dtype)
+    # FlexGen's CPU attention runs on the host with the host's threads (all of them next to a GPU)
+    with _threads(threads if backend == "cpu" else torch.get_num_threads()), torch.inference_mode():
+        say("CPU attention")
+        cpu_attn = bench_cpu_attention(plan, dtype)
+    notes = []
+    if backend == "cpu":
+        notes.append("CPU backend: host and 'device' are the same memory; pinned memory needs CUDA, so only "
+                     "pageable copies exist and the profile uses them for both")
+    return BenchResults(backend, plan.dtype, threads, copies, dcopy, gemm, attn, cpu_attn, launch, notes)

@@ -1,0 +1,361 @@
+"""A calibrated hardware profile (saved as YAML) and the cost model that answers from it.
+
+A profile holds what the micro-benchmarks measured, fitted into curves the cost
+model can evaluate at any size:
+
+- copy time against size per direction, host-memory kind and condition
+  (`idle`, `duplex`, `busy`), interpolated log-log;
+- the device-memory rate of elementwise work;
+- a GEMM table of measured (M, N, K) -> seconds per condition, interpolated in M
+  (log-log) within the nearest measured (N, K);
+- linear fits of the attention kernel time (decode, prefill) and of FlexGen's
+  host attention against the context's K,V bytes, FLOPs and query rows;
+- the per-op dispatch cost of the executor by op kind, and the kernel launch cost.
+
+It records the device, driver, torch and CUDA versions, the date, the dtype and
+the thread count it was measured with; using it on a different device warns.
+
+`ProfiledCostModel(profile, model)` implements the `CostModel` protocol for every
+op kind, so `simulate(schedule, cost)` and `run_point(point, cost=...)` use it;
+the roofline stays the default everywhere else.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..sim.schedule import Op, OpKind, Stream
+from ..sim.specs import DTYPE_BYTES, CPUSpec, FFNKind, GPUSpec, HardwareSpec, HostSpec, LinkSpec, ModelSpec
+
+PROFILE_DIR = Path(__file__).resolve().parents[1] / "profiles"
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be found or read; the message names the fix."""
+
+
+class ProfileDeviceWarning(UserWarning):
+    """A profile used on a device other than the one it was measured on."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Curve(_Frozen):
+    """Seconds against bytes, measured at increasing sizes."""
+
+    bytes: list[int]
+    seconds: list[float]
+
+    def time_s(self, nbytes: float) -> float:
+        if nbytes <= 0:
+            return 0.0
+        x, y = np.log(self.bytes), np.log(self.seconds)
+        if nbytes <= self.bytes[0]:
+            return self.seconds[0]
+        if nbytes >= self.bytes[-1]:
+            return self.seconds[-1] * nbytes / self.bytes[-1]
+        return float(np.exp(np.interp(math.log(nbytes), x, y)))
+
+    @property
+    def peak_Bps(self) -> float:
+        return max(b / s for b, s in zip(self.bytes, self.seconds, strict=True))
+
+
+class LinearFit(_Frozen):
+    """seconds = intercept + kv_bytes * per_kv_byte + flops * per_flop + rows * per_row (all >= 0)."""
+
+    intercept_s: float = Field(ge=0)
+    per_kv_byte_s: float = Field(ge=0)
+    per_flop_s: float = Field(ge=0)
+    per_row_s: float = Field(ge=0)
+    median_ape: float = Field(description="median absolute percentage error of the fit on its benchmarks")
+
+    def time_s(self, kv_bytes: float, flops: float, rows: float) -> float:
+        return self.intercept_s + kv_bytes * self.per_kv_byte_s + flops * self.per_flop_s + rows * self.per_row_s
+
+
+class GemmTable(_Frozen):
+    """Measured `[m, n, k, seconds]` rows of `F.linear` (x `[m,k]`, W `[n,k]`)."""
+
+    rows: list[tuple[int, int, int, float]]
+
+    def time_s(self, m: int, n: int, k: int) -> float:
+        if m <= 0 or n <= 0 or k <= 0:
+            return 0.0
+        groups = self._groups
+        key = (n, k)
+        scale = 1.0
+        if key not in groups:
+            key = min(groups, key=lambda g: abs(math.log(g[0] / n)) + abs(math.log(g[1] / k)))
+            scale = (n * k) / (key[0] * key[1])
+        ms, ts = groups[key]
+        if m <= ms[0]:
+            t = ts[0]
+        elif m >= ms[-1]:
+            t = ts[-1] * m / ms[-1]
+        else:
+            t = float(np.exp(np.interp(math.log(m), np.log(ms), np.log(ts))))
+        return t * scale
+
+    @property
+    def peak_flops(self) -> float:
+        return max(2 * m * n * k / s for m, n, k, s in self.rows)
+
+    @cached_property
+    def _groups(self) -> dict[tuple[int, int], tuple[list[int], list[float]]]:
+        """(N, K) -> (sorted M values, their seconds)."""
+        by: dict[tuple[int, int], list[tuple[int, float]]] = {}
+        for m, n, k, s in self.rows:
+            by.setdefault((n, k), []).append((m, s))
+        return {key: ([m for m, _ in sorted(v)], [s for _, s in sorted(v)]) for key, v in by.items()}
+
+
+class HardwareProfile(_Frozen):
+    name: str
+    device: dict[str, str | int]
+    dtype: str
+    threads: int = Field(description="torch intra-op threads per executor stream thread")
+    contention: str = Field(description="overlap: blend idle and busy rates by simulated overlap "
+                                        "(validate.contention); idle: idle rates only")
+    device_memory_bytes: int
+    host_memory_bytes: int
+    launch_s: float
+    copies: dict[str, Curve] = Field(description="key: direction/memory/condition, e.g. h2d/pinned/idle")
+    device_copy: Curve
+    gemm: dict[str, GemmTable] = Field(description="key: condition (idle, busy)")
+    attention_decode: LinearFit
+    attention_prefill: LinearFit
+    cpu_attention: LinearFit
+    op_overhead_s: dict[str, float] = Field(description="executor dispatch cost per op, by op kind")
+    notes: list[str] = []
+
+    # -- lookups ----------------------------------------------------------------
+    def copy_curve(self, direction: str, pinned: bool, condition: str) -> Curve:
+        memory = "pinned" if pinned and any(k.split("/")[1] == "pinned" for k in self.copies) else "pageable"
+        for cond in (condition, "idle"):
+            key = f"{direction}/{memory}/{cond}"
+            if key in self.copies:
+                return self.copies[key]
+        raise ProfileError(f"profile {self.name} has no {direction} copy curve")
+
+    def gemm_table(self, condition: str) -> GemmTable:
+        return self.gemm.get(condition) or self.gemm["idle"]
+
+    @property
+    def elementwise_Bps(self) -> float:
+        return self.device_copy.bytes[-1] / self.device_copy.seconds[-1]
+
+    def hardware_spec(self) -> HardwareSpec:
+        """Effective figures of this profile as a `HardwareSpec` (for memory plans and the roofline)."""
+        h2d = self.copy_curve("h2d", True, "idle")
+        d2h = self.copy_curve("d2h", True, "idle")
+        h2d_pg = self.copy_curve("h2d", False, "idle")
+        d2h_pg = self.copy_curve("d2h", False, "idle")
+        cpu_flops = 1.0 / self.cpu_attention.per_flop_s if self.cpu_attention.per_flop_s > 0 else 1e11
+        return HardwareSpec(
+            name=self.name,
+            gpu=GPUSpec(name=str(self.device.get("name", self.name)), memory_bytes=self.device_memory_bytes,
+                        peak_flops=max(g.peak_flops for g in self.gemm.values()), hbm_Bps=self.elementwise_Bps,
+                        launch_overhead_s=self.launch_s),
+            link=LinkSpec(name=f"{self.name}-link", h2d_pinned_Bps=h2d.peak_Bps, d2h_pinned_Bps=d2h.peak_Bps,
+                          h2d_pageable_Bps=h2d_pg.peak_Bps, d2h_pageable_Bps=d2h_pg.peak_Bps,
+                          latency_s=min(h2d.seconds[0], d2h.seconds[0])),
+            host=HostSpec(memory_bytes=self.host_memory_bytes, memory_Bps=self.elementwise_Bps),
+            cpu=CPUSpec(name=f"{self.name}-host", flops=cpu_flops),
+        )
+
+    # -- files ------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = self.model_dump(mode="json")
+        data["gemm"] = {c: {"rows": [list(r) for r in t["rows"]]} for c, t in data["gemm"].items()}
+        with path.open("w") as f:
+            f.write(f"# hssim hardware profile, measured by `hssim validate` on {self.device.get('date')}\n")
+            yaml.safe_dump(data, f, sort_keys=False, default_flow_style=None, width=200)
+        return path
+
+
+def find_profile(name_or_path: str | Path) -> Path:
+    """A profile file: an existing path, or `profiles/NAME.yaml` of this repository."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return p
+    candidate = PROFILE_DIR / f"{name_or_path}.yaml"
+    if candidate.exists():
+        return candidate
+    known = ", ".join(sorted(q.stem for q in PROFILE_DIR.glob("*.yaml"))) or "none"
+    raise ProfileError(f"no profile '{name_or_path}'; fix: pass a .yaml path or one of: {known}")
+
+
+def load_profile(name_or_path: str | Path, current: dict | None = None) -> HardwareProfile:
+    """Read a profile; warn (`ProfileDeviceWarning`) if `current` (a DeviceInfo dict) is another device."""
+    path = find_profile(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+        profile = HardwareProfile.model_validate(data)
+    except (OSError, yaml.YAMLError, ValueError) as e:
+        first = str(e).splitlines()[0]
+        raise ProfileError(f"{path}: not a valid hssim profile ({first}); fix: recalibrate with hssim validate") \
+            from None
+    if current is not None:
+        check_device(profile, current)
+    return profile
+
+
+def check_device(profile: HardwareProfile, current: dict) -> None:
+    keys = ("backend", "name", "driver", "torch_version", "cuda_version")
+    diff = [f"{k} {profile.device.get(k)!s} -> {current.get(k)!s}" for k in keys
+            if str(profile.device.get(k)) != str(current.get(k))]
+    if diff:
+        warnings.warn(f"profile {profile.name} was measured on another device or stack ({'; '.join(diff)}); "
+                      "its predictions may not hold here: recalibrate with hssim validate",
+                      ProfileDeviceWarning, stacklevel=2)
+
+
+# ------------------------------------------------------------------------------- cost model
+
+
+def overhead_key(kind: str, model: ModelSpec) -> str:
+    """Dispatch costs are kept per op kind and model family (rotary LLaMA ops do more small work)."""
+    return f"{kind}:{model.norm_kind.value}"
+
+
+@dataclass(frozen=True)
+class ProfiledCostModel:
+    """Op durations from a calibrated profile, for the ops of `model`'s schedules.
+
+    Compute ops are the sum of their GEMMs (measured table), their attention
+    kernel (fitted), their elementwise bytes at the device-memory rate and the
+    executor's dispatch cost for that op kind; copies follow the measured copy
+    curve of their direction and host-memory kind; FlexGen's host attention
+    follows its own fit. `contended=True` picks the rates measured with the
+    neighbour thread busy (default: idle rates; `validate.contention` blends the
+    two by how much each op overlaps the other side).
+    """
+
+    profile: HardwareProfile
+    model: ModelSpec
+    contended: bool | None = None
+    _cache: dict = field(default_factory=dict, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.model.dtype != self.profile.dtype:
+            warnings.warn(f"profile {self.profile.name} measured {self.profile.dtype} kernels; the model is "
+                          f"{self.model.dtype}: GEMM and attention times are scaled by byte width only",
+                          ProfileDeviceWarning, stacklevel=2)
+
+    @property
+    def condition(self) -> str:
+        return "busy" if self.contended else "idle"
+
+    def duration_s(self, op: Op) -> float:
+        key = (op.kind, op.link_bytes, op.shape, op.pinned)
+        t = self._cache.get(key)
+        if t is None:
+            t = self._cache[key] = self._duration_s(op)
+        return t
+
+    # -- pieces -----------------------------------------------------------------
+    def _p(self) -> int:
+        return self.model.dtype_bytes
+
+    def _width_scale(self) -> float:
+        return self.model.dtype_bytes / DTYPE_BYTES[self.profile.dtype]
+
+    def _gemm(self, m: int, n: int, k: int) -> float:
+        return self.profile.gemm_table(self.condition).time_s(m, n, k) * self._width_scale()
+
+    def _elem(self, nbytes: float) -> float:
+        return nbytes / self.profile.elementwise_Bps
+
+    def _overhead(self, op: Op) -> float:
+        """Dispatch cost of one op of this kind (per model family where the profile has it)."""
+        table = self.profile.op_overhead_s
+        key = overhead_key(op.kind.value, self.model)
+        if key in table:
+            return table[key]
+        return table.get(op.kind.value, self.profile.launch_s * op.kernels)
+
+    def _attention_kernel(self, batch: int, new: int, past: int) -> float:
+        m = self.model
+        ctx = past + new
+        pairs = new * past + new * (new + 1) // 2
+        kv_bytes = batch * ctx * 2 * m.kv_hidden * self._p()
+        flops = 4 * batch * pairs * m.hidden
+        rows = batch * m.heads * new
+        fit = self.profile.attention_decode if new == 1 else self.profile.attention_prefill
+        return fit.time_s(kv_bytes, flops, rows)
+
+    def _attention_block(self, batch: int, new: int, past: int, store_x: bool = True) -> float:
+        m, p = self.model, self._p()
+        rows = batch * new
+        h, hk = m.hidden, m.kv_hidden
+        rotary = 8 * rows * (h + hk) * p if m.norm_kind.value == "rmsnorm" else 0
+        elem = p * rows * (9 * h + 4 * hk + (2 * h if store_x else 0)) + rotary
+        return (self._gemm(rows, h + 2 * hk, h) + self._attention_kernel(batch, new, past) + self._gemm(rows, h, h)
+                + self._elem(elem))
+
+    def _ffn_block(self, rows: int) -> float:
+        m, p = self.model, self._p()
+        if m.ffn_kind is FFNKind.relu:
+            return (self._gemm(rows, m.ffn, m.hidden) + self._gemm(rows, m.hidden, m.ffn)
+                    + self._elem(p * rows * (7 * m.hidden + 2 * m.ffn)))
+        return (self._gemm(rows, 2 * m.ffn, m.hidden) + self._gemm(rows, m.hidden, m.ffn)
+                + self._elem(p * rows * (7 * m.hidden + 5 * m.ffn)))
+
+    def _kv_proj(self, rows: int) -> float:
+        m, p = self.model, self._p()
+        rotary = 8 * rows * m.kv_hidden * p if m.norm_kind.value == "rmsnorm" else 0
+        return self._gemm(rows, 2 * m.kv_hidden, m.hidden) + self._elem(p * rows * (2 * m.hidden + 4 * m.kv_hidden)
+                                                                         + rotary)
+
+    def _duration_s(self, op: Op) -> float:
+        if op.stream in (Stream.h2d, Stream.d2h):
+            curve = self.profile.copy_curve(op.stream.value, op.pinned, self.condition)
+            return curve.time_s(op.link_bytes) + self._overhead(op)
+        s = op.shape_dict
+        m = self.model
+        b = s.get("batch", 1)
+        kind = op.kind
+        if kind is OpKind.cpu_attention:
+            past = s["past_tokens"]
+            ctx = past + 1
+            f = self.profile.cpu_attention
+            t = f.time_s(b * ctx * 2 * m.kv_hidden * self._p(), 4 * b * ctx * m.hidden, b * m.heads)
+        elif kind is OpKind.attention:
+            t = self._attention_block(b, s["new_tokens"], s["past_tokens"])
+        elif kind is OpKind.ffn:
+            t = self._ffn_block(b * s["new_tokens"])
+        elif kind is OpKind.recompute_kv:
+            t = self._kv_proj(b * s["tokens"])
+        elif kind is OpKind.recompute_layer:
+            tokens = s["tokens"]
+            if s.get("last_layer"):
+                t = self._kv_proj(b * tokens)
+            else:
+                t = self._attention_block(b, tokens, 0, store_x=False) + self._ffn_block(b * tokens)
+        elif kind is OpKind.lm_head:
+            t = self._gemm(b, m.vocab, m.hidden) + self._elem(self._p() * b * (2 * m.vocab + 4 * m.hidden))
+        elif kind is OpKind.qkv_proj:
+            n = m.hidden + 2 * m.kv_hidden
+            t = self._gemm(b, n, m.hidden) + self._elem(self._p() * b * (2 * m.hidden + 3 * n))
+        elif kind is OpKind.out_proj:
+            t = self._gemm(b, m.hidden, m.hidden) + self._elem(self._p() * b * 5 * m.hidden)
+        else:
+            raise ValueError(f"ProfiledCostModel: no rule for op kind {kind.value}")
+        return t + self._overhead(op)
+
+
+def profiled_cost(profile: HardwareProfile, model: ModelSpec, contended: bool | None = None) -> ProfiledCostModel:
+    return ProfiledCostModel(profile, model, contended)

@@ -1,0 +1,126 @@
+"""One validation run: calibrate (or load a profile), measure the set, simulate it, compare.
+
+Nothing here draws or writes a report (`report` does); `run_validation` returns
+the joined op table, the per-point and per-step errors and the timelines.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ..sim.costs import RooflineCostModel
+from ..sim.engine import simulate
+from ..sim.specs import PointSpec
+from .calibrate import measure_dispatch, profile_from_bench
+from .compare import join_ops, overlap, point_errors
+from .contention import simulate_profiled
+from .device import DeviceInfo, device_info
+from .measure import WeightCache, measure
+from .microbench import BenchResults, run_microbenchmarks
+from .profile import HardwareProfile, ProfiledCostModel, load_profile
+from .suite import ValidationSet, validation_set
+
+
+@dataclass
+class PointOutcome:
+    point: PointSpec
+    schedule: object
+    sim_tl: pd.DataFrame
+    meas_tl: pd.DataFrame
+    ops: pd.DataFrame
+    steps: pd.DataFrame
+    row: dict
+
+
+@dataclass
+class ValidationRun:
+    backend: str
+    size: str
+    info: DeviceInfo
+    profile: HardwareProfile
+    vset: ValidationSet
+    bench: BenchResults | None
+    outcomes: list[PointOutcome] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def points(self) -> pd.DataFrame:
+        return pd.DataFrame([o.row for o in self.outcomes])
+
+    @property
+    def ops(self) -> pd.DataFrame:
+        return pd.concat([o.ops.assign(point=i) for i, o in enumerate(self.outcomes)], ignore_index=True)
+
+    @property
+    def steps(self) -> pd.DataFrame:
+        return pd.concat([o.steps.assign(point=i) for i, o in enumerate(self.outcomes)], ignore_index=True)
+
+
+def profile_name(info: DeviceInfo, threads: int) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", info.name.lower()).strip("-")[:40]
+    return f"{info.backend}-{slug}-{info.cpu_count}cpu-{threads}t" if info.backend == "cpu" else f"cuda-{slug}"
+
+
+def calibrate(backend: str, vset: ValidationSet, info: DeviceInfo,
+              say: Callable[[str], None]) -> tuple[HardwareProfile, BenchResults]:
+    bench = run_microbenchmarks(backend, vset.bench, progress=lambda m: say(f"micro-benchmark: {m}"))
+    base = profile_from_bench(profile_name(info, bench.threads), info, bench)
+    overhead = measure_dispatch(base, backend, base.hardware_spec(), progress=lambda m: say(f"micro-benchmark: {m}"))
+    return base.model_copy(update={"op_overhead_s": overhead}), bench
+
+
+def _label(p: PointSpec) -> str:
+    w = p.workload
+    return f"{p.model.name} L{p.model.layers} b{w.batch} p{w.prompt_len} g{w.gen_len} {p.policy.label}"
+
+
+def run_validation(backend: str, size: str, profile: str | Path | None = None,
+                   say: Callable[[str], None] = lambda _m: None) -> ValidationRun:
+    info = device_info(backend)
+    vset = validation_set(backend, size)
+    t0 = time.perf_counter()
+    bench = None
+    if profile is None:
+        prof, bench = calibrate(backend, vset, info, say)
+    else:
+        prof = load_profile(profile, current=info.as_dict())
+    run = ValidationRun(backend, size, info, prof, vset, bench)
+    run.timings_s["calibration_s"] = time.perf_counter() - t0
+    hardware = prof.hardware_spec()
+    weights = WeightCache()
+    t1 = time.perf_counter()
+    points = vset.points(hardware)
+    for i, point in enumerate(points):
+        say(f"point {i + 1}/{len(points)}: {_label(point)}")
+        meas = measure(point, backend, repeats=vset.repeats, warmup=vset.warmup, weights=weights)
+        sim = simulate_profiled(meas.schedule, prof, point.model)
+        sim_tl, meas_tl = sim.timeline(), meas.result.timeline()
+        ops = join_ops(sim_tl, meas_tl)
+        row, steps = point_errors(sim_tl, meas_tl)
+        # what the same schedule costs under the roofline default and under idle (uncontended) rates
+        roof = simulate(meas.schedule, RooflineCostModel(hardware)).makespan_s
+        idle = simulate(meas.schedule, ProfiledCostModel(prof, point.model, contended=False)).makespan_s
+        busy = simulate(meas.schedule, ProfiledCostModel(prof, point.model, contended=True)).makespan_s
+        ov_sim, ov_meas = overlap(sim_tl), overlap(meas_tl)
+        row = {"point": i, "label": _label(point), "model": point.model.name, "layers": point.model.layers,
+               "batch": point.workload.batch, "prompt_len": point.workload.prompt_len,
+               "gen_len": point.workload.gen_len, "policy": point.policy.label, "ops": len(meas.schedule.ops),
+               **row, "runs_s": ";".join(f"{r:.4f}" for r in meas.runs_s), "host_memory": meas.host_memory,
+               "roofline_makespan_s": roof, "roofline_e2e_ape": abs(roof - row["makespan_meas_s"])
+               / row["makespan_meas_s"], "idle_rates_makespan_s": idle,
+               "idle_rates_e2e_ape": abs(idle - row["makespan_meas_s"]) / row["makespan_meas_s"],
+               "busy_rates_makespan_s": busy,
+               "busy_rates_e2e_ape": abs(busy - row["makespan_meas_s"]) / row["makespan_meas_s"],
+               "hidden_link_share_sim": ov_sim["hidden_link_share"],
+               "hidden_link_share_meas": ov_meas["hidden_link_share"],
+               "compute_busy_sim_s": ov_sim["compute_busy_s"], "compute_busy_meas_s": ov_meas["compute_busy_s"],
+               "link_busy_sim_s": ov_sim["link_busy_s"], "link_busy_meas_s": ov_meas["link_busy_s"]}
+        run.outcomes.append(PointOutcome(point, meas.schedule, sim_tl, meas_tl, ops, steps, row))
+    run.timings_s["points_s"] = time.perf_counter() - t1
+    return run

@@ -1,0 +1,74 @@
+"""Timing a callable on the CPU or on a CUDA device, and a busy neighbour thread.
+
+`time_s` runs `fn` until `min_total_s` has passed (at least `min_iters` times,
+after one untimed warm-up call) and returns the median seconds per call over
+`rounds` rounds; on CUDA each round is bracketed by `synchronize`, so the time
+includes the kernels, not only their launch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+
+def _sync(backend: str) -> None:
+    if backend == "cuda":
+        import torch
+
+        torch.cuda.current_stream().synchronize()  # this thread's stream only, not a busy neighbour's
+
+
+def time_s(fn: Callable[[], object], backend: str, min_total_s: float = 0.02, rounds: int = 3,
+           max_iters: int = 200) -> float:
+    fn()
+    _sync(backend)
+    t0 = time.perf_counter()
+    fn()
+    _sync(backend)
+    once = max(time.perf_counter() - t0, 1e-7)
+    iters = int(min(max_iters, max(1, min_total_s / rounds / once)))
+    samples = []
+    for _ in range(rounds):
+        _sync(backend)
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        _sync(backend)
+        samples.append((time.perf_counter() - t0) / iters)
+    return statistics.median(samples)
+
+
+@contextlib.contextmanager
+def busy_neighbour(work: Callable[[], object] | None, backend: str = "cpu") -> Iterator[None]:
+    """Run `work` in a loop on another thread while the body runs (None: nothing).
+
+    On CUDA the neighbour issues on its own stream and waits for each call, so it
+    keeps its engine busy without queueing unbounded work.
+    """
+    if work is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def loop() -> None:
+        import torch
+
+        stream = torch.cuda.Stream() if backend == "cuda" else None
+        with torch.inference_mode(), (torch.cuda.stream(stream) if stream else contextlib.nullcontext()):
+            while not stop.is_set():
+                work()
+                if stream is not None:
+                    stream.synchronize()
+
+    t = threading.Thread(target=loop, name="hssim-busy", daemon=True)
+    t.start()
+    try:
+        time.sleep(0.005)
+        yield
+    finally:
+        stop.set()
+        t.join()
