@@ -130,8 +130,10 @@ def main() -> None:
 @click.option("--cluster", default=None, metavar="ADDRESS",
               help="run on a Dask cluster (tcp://host:8786), or 'local' to start one on this machine")
 @click.option("--fresh", is_flag=True, help="forget finished points in --out and run everything again")
+@click.option("--no-report", is_flag=True, help="skip the figures and tables (OUT/report/)")
 @_fail_on_user_errors
-def sweep(files: tuple[str, ...], out_dir: str, jobs: int | None, cluster: str | None, fresh: bool) -> None:
+def sweep(files: tuple[str, ...], out_dir: str, jobs: int | None, cluster: str | None, fresh: bool,
+          no_report: bool) -> None:
     """Run every point of the scenario FILES; write results and rank policies per point.
 
     Resumable: rerun the same command after an interruption and finished points are kept.
@@ -164,6 +166,12 @@ def sweep(files: tuple[str, ...], out_dir: str, jobs: int | None, cluster: str |
     console.print(f"{len(df)} rows ({summary}; {progress.skipped} reused from an earlier run) -> {parquet}, {csv}")
     if counts.get("infeasible") or counts.get("failed"):
         console.print("rows that are not ok say why in the error column")
+    if not no_report:
+        from .reports import build_report
+
+        rep = build_report(df, out / "report")
+        console.print(f"report: {len(rep.paths)} files in {out / 'report'} (index: {out / 'report' / 'README.md'})"
+                      + (f"; left out: {', '.join(rep.skipped)}" if rep.skipped else ""))
 
 
 class SweepProgress:
@@ -298,11 +306,13 @@ def point_options(fn):
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as one JSON object")
 @click.option("--timeline", type=click.Path(dir_okay=False), default=None,
               help="write the op timeline (.parquet or .csv)")
+@click.option("--trace", type=click.Path(dir_okay=False), default=None,
+              help="write a Chrome/Perfetto trace (.json): one track per stream")
 @click.option("--engine", type=click.Choice(["simpy", "list"]), default="simpy", show_default=True,
               help="SimPy replay, or the identical list-scheduling replay (faster)")
 @_fail_on_user_errors
 def run(scenario: str, policy: str | None, sets: tuple[str, ...], as_json: bool, timeline: str | None,
-        engine: str) -> None:
+        trace: str | None, engine: str) -> None:
     """Simulate one point of SCENARIO and print its metrics."""
     from .sim.api import run_point
 
@@ -313,6 +323,11 @@ def run(scenario: str, policy: str | None, sets: tuple[str, ...], as_json: bool,
         raise UserError(f"{scenario}: {e}") from None
     if timeline:
         write_table(pr.result.timeline(), Path(timeline))
+    if trace:
+        from .reports.trace import write_chrome_trace
+
+        write_chrome_trace(pr.schedule, pr.result.timeline(), Path(trace),
+                           meta={"executor": "sim", **metrics_json(point, {})})
     if as_json:
         click.echo(json.dumps(metrics_json(point, pr.metrics, {"executor": "sim"})))
     else:
@@ -382,6 +397,19 @@ def presets() -> None:
         click.echo(f"  {h.name:<16} {h.gpu.name} {h.gpu.memory_bytes / 1e9:.0f} GB, {h.link.name} "
                    f"{h.link.h2d_pinned_Bps / 1e9:.1f} GB/s H2D pinned, host {h.host.memory_bytes / 1e9:.0f} GB")
 
+
+def _register_commands() -> None:
+    """Commands of the other parts; each imports its heavy dependencies (torch, ...) lazily."""
+    from .hw.cli import measure
+    from .reports.cli import report
+    from .validate.cli import validate
+
+    main.add_command(measure)
+    main.add_command(report)
+    main.add_command(validate)
+
+
+_register_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
