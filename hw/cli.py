@@ -35,7 +35,7 @@ def measure(scenario: str, policy: str | None, sets: tuple[str, ...], device: st
     try:
         import torch  # noqa: F401
     except ImportError:
-        raise UserError("hssim measure needs PyTorch; install it with: pip install torch") from None
+        raise UserError("hssim measure needs PyTorch; fix: pip install -e '.[hw]' (torch==2.13.0)") from None
     from .executor import ExecutorError, measure_point, scaled_point
 
     if timeline and Path(timeline).suffix not in (".parquet", ".csv"):
