@@ -402,11 +402,13 @@ def _register_commands() -> None:
     """Commands of the other parts; each imports its heavy dependencies (torch, ...) lazily."""
     from .hw.cli import measure
     from .reports.cli import report
+    from .sim.serving.cli import serve
     from .validate.cli import validate
 
     main.add_command(measure)
     main.add_command(report)
     main.add_command(validate)
+    main.add_command(serve)
 
 
 _register_commands()

@@ -51,7 +51,7 @@ class ScenarioError(ValueError):
         super().__init__(f"{source}: {field}: {message}; fix: {fix}")
 
 
-def _pydantic_error(source: str, prefix: str, err: ValidationError) -> ScenarioError:
+def pydantic_error(source: str, prefix: str, err: ValidationError) -> ScenarioError:
     errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")  # typos first
     first = errors[0]
     loc = ".".join(str(p) for p in first["loc"])
@@ -79,12 +79,16 @@ def _deep_merge(base: dict, over: Mapping) -> dict:
     return out
 
 
-def _resolve_preset(source: str, field: str, value: Any, presets: Mapping[str, Any], cls):
+def resolve_preset(source: str, field: str, value: Any, presets: Mapping[str, Any], cls):
     if isinstance(value, str):
-        if value.lower() not in presets:
-            raise ScenarioError(source, field, f"unknown preset '{value}'",
-                                f"use one of: {', '.join(presets)}")
-        return presets[value.lower()]
+        if value.lower() in presets:
+            return presets[value.lower()]
+        if cls is HardwareSpec:
+            profiled = _hardware_from_profile(value)
+            if profiled is not None:
+                return profiled
+        extra = " or a calibrated profile (profiles/NAME.yaml, or a .yaml path)" if cls is HardwareSpec else ""
+        raise ScenarioError(source, field, f"unknown preset '{value}'", f"use one of: {', '.join(presets)}{extra}")
     if not isinstance(value, Mapping):
         raise ScenarioError(source, field, f"expected a preset name or a mapping, got {type(value).__name__}",
                             "write a preset name or a mapping of fields")
@@ -100,7 +104,19 @@ def _resolve_preset(source: str, field: str, value: Any, presets: Mapping[str, A
     try:
         return cls.model_validate(_deep_merge(base, value))
     except ValidationError as e:
-        raise _pydantic_error(source, field, e) from None
+        raise pydantic_error(source, field, e) from None
+
+
+def _hardware_from_profile(name: str) -> HardwareSpec | None:
+    """A hardware spec from a calibrated profile named like a preset, or None if there is none."""
+    from ..validate.profile import ProfileError, find_profile, load_profile
+
+    try:
+        path = find_profile(name)
+    except ProfileError:
+        return None
+    spec = load_profile(path).hardware_spec()
+    return spec.model_copy(update={"profile": str(Path(path).resolve())})
 
 
 def load_yaml(path: Path) -> dict:
@@ -164,8 +180,8 @@ def points_from_mapping(data: Mapping, source: str, default_name: str) -> list[P
     names = [a for a, _ in axes]
     for combo in itertools.product(*[v for _, v in axes]) if axes else [()]:
         chosen = dict(zip(names, combo, strict=True))
-        model = _resolve_preset(source, "model", chosen.get("model", data["model"]), MODELS, ModelSpec)
-        hardware = _resolve_preset(source, "hardware", chosen.get("hardware", data["hardware"]),
+        model = resolve_preset(source, "model", chosen.get("model", data["model"]), MODELS, ModelSpec)
+        hardware = resolve_preset(source, "hardware", chosen.get("hardware", data["hardware"]),
                                    HARDWARE, HardwareSpec)
         wl = data["workload"]
         if not isinstance(wl, Mapping):
@@ -175,7 +191,7 @@ def points_from_mapping(data: Mapping, source: str, default_name: str) -> list[P
         try:
             workload = WorkloadSpec.model_validate(wl)
         except ValidationError as e:
-            raise _pydantic_error(source, "workload", e) from None
+            raise pydantic_error(source, "workload", e) from None
         for idx, pol in enumerate(policies):
             field = f"policies[{idx}]"
             if not isinstance(pol, Mapping) or "kind" not in pol:
@@ -196,7 +212,7 @@ def points_from_mapping(data: Mapping, source: str, default_name: str) -> list[P
             try:
                 policy = PolicySpec.model_validate(merged)
             except ValidationError as e:
-                raise _pydantic_error(source, field, e) from None
+                raise pydantic_error(source, field, e) from None
             try:
                 point = PointSpec(scenario=name, model=model, hardware=hardware, workload=workload, policy=policy)
             except ValidationError as e:

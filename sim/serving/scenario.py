@@ -1,0 +1,187 @@
+"""Serving scenario files: YAML in, resolved `ServingPoint`s out.
+
+::
+
+    name: serving-gh200-opt13b                # default: the file name
+    description: free text
+    model: opt-13b                            # preset, {preset: .., layers: ..} or a full spec
+    hardware: gh200-c2c                       # preset, or {preset: .., gpu: {memory_bytes: ..}}
+    gpu_kv_bytes: 6.0e9                       # optional cap on the KV pool (default: all that is left)
+    engine: {block_tokens: 16, max_batched_tokens: 2048, max_running: 256, watermark: 0.01}
+    workload:                                 # Poisson arrivals ...
+      requests: 400
+      rate_rps: 4.0
+      seed: 1
+      prompt_len: {dist: lognormal, median: 600, sigma: 0.6, min: 16, max: 1500}
+      output_len: {dist: uniform, min: 64, max: 400}     # or a bare integer: fixed
+    # workload: {trace: traces/day1.csv}      # ... or a trace (path relative to this file)
+    policies:
+      - {kind: vllm-swap}
+      - {kind: vllm-recompute}
+      - {kind: oneiros}                       # optional: fallback: recompute, revert_headroom: 0.1
+    sweep:                                    # cartesian product of the axes
+      workload.rate_rps: [1, 2, 4, 8]         # also: model, hardware, gpu_kv_bytes, engine.<f>, policy.<f>
+
+Every problem is a one-line `ScenarioError` naming the file, the field and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..presets import HARDWARE, MODELS
+from ..scenario import ScenarioError, load_yaml, pydantic_error, resolve_preset
+from ..specs import HardwareSpec, ModelSpec
+from .policies import ServingPolicyKind, ServingPolicySpec
+from .specs import ServingEngineSpec, ServingPoint
+from .workload import ServingWorkload, read_trace
+
+TOP_KEYS = {"name", "description", "model", "hardware", "gpu_kv_bytes", "engine", "workload", "policies", "sweep"}
+REQUIRED = ("model", "hardware", "workload", "policies")
+NESTED_AXES = {"workload": ServingWorkload, "engine": ServingEngineSpec, "policy": ServingPolicySpec}
+
+
+def _check_axis(source: str, axis: str, values: Any) -> None:
+    field = f"sweep.{axis}"
+    if not isinstance(values, list) or not values:
+        raise ScenarioError(source, field, "must be a non-empty list", f"write '{axis}: [v1, v2, ...]'")
+    head, _, rest = axis.partition(".")
+    known = (head in ("model", "hardware", "gpu_kv_bytes") and not rest) or (
+        head in NESTED_AXES and rest in NESTED_AXES[head].model_fields and rest != "kind")
+    if not known:
+        raise ScenarioError(source, field, "unknown sweep axis",
+                            "use model, hardware, gpu_kv_bytes, workload.<field>, engine.<field> or policy.<field>")
+
+
+@lru_cache(maxsize=32)
+def _trace_longest(path: str) -> tuple[int, int]:
+    reqs = read_trace(Path(path))
+    longest = max(reqs, key=lambda r: r.prompt_len + r.output_len)
+    return longest.prompt_len, longest.output_len
+
+
+def _validate(source: str, field: str, cls, value: Any):
+    if not isinstance(value, Mapping):
+        raise ScenarioError(source, field, "must be a mapping", f"write '{field}: {{...}}'")
+    try:
+        return cls.model_validate(value)
+    except ValidationError as e:
+        raise pydantic_error(source, field, e) from None
+
+
+def _workload(source: str, base_dir: Path, value: Any) -> ServingWorkload:
+    wl = _validate(source, "workload", ServingWorkload, value)
+    if wl.trace is not None and not Path(wl.trace).is_absolute():
+        wl = wl.model_copy(update={"trace": str((base_dir / wl.trace).resolve())})
+    return wl
+
+
+def _check_fits(source: str, point: ServingPoint) -> None:
+    wl = point.workload
+    if wl.trace is not None:
+        prompt, output = _trace_longest(wl.trace)
+        field = "workload.trace"
+    else:
+        prompt, output = wl.prompt_len.upper, wl.output_len.upper
+        field = "workload.prompt_len"
+    tokens = prompt + output
+    if tokens > point.model.max_positions:
+        raise ScenarioError(source, field, f"a request of {prompt} + {output} tokens exceeds "
+                            f"{point.model.name}'s {point.model.max_positions} positions",
+                            "lower the longest prompt_len / output_len")
+    limit = point.max_request_tokens()
+    if tokens - 1 > limit:
+        raise ScenarioError(source, field, f"a request of {prompt} + {output} tokens needs more KV than the "
+                            f"pool's {limit} tokens ({point.kv_pool.base_kv_bytes / 1e9:.2f} GB)",
+                            "raise gpu_kv_bytes or lower the longest lengths")
+
+
+def _kv_bytes(source: str, value: Any) -> int | None:
+    """gpu_kv_bytes as an int; YAML reads `6.0e9` (no sign in the exponent) as a string, so accept that."""
+    if value is None:
+        return None
+    try:
+        kv = float(value) if not isinstance(value, bool) else -1.0
+    except (TypeError, ValueError):
+        kv = -1.0
+    if not kv > 0 or kv == float("inf"):
+        raise ScenarioError(source, "gpu_kv_bytes", f"must be a positive number of bytes, got {value!r}",
+                            "write e.g. 'gpu_kv_bytes: 6.0e9' or leave it out")
+    return int(kv)
+
+
+def _set_dotted(data: dict, axis: str, value: Any) -> None:
+    head, _, rest = axis.partition(".")
+    if not rest:
+        data[head] = value
+    elif head == "policy":
+        data["policies"] = [{**p, rest: value} if isinstance(p, Mapping) else p for p in data["policies"]]
+    else:
+        section = data.get(head) or {}
+        data[head] = {**section, rest: value} if isinstance(section, Mapping) else section
+
+
+def points_from_mapping(data: Mapping, source: str, default_name: str, base_dir: Path) -> list[ServingPoint]:
+    unknown = sorted(set(data) - TOP_KEYS)
+    if unknown:
+        raise ScenarioError(source, unknown[0], "unknown key", f"use only: {', '.join(sorted(TOP_KEYS))}")
+    for key in REQUIRED:
+        if key not in data:
+            raise ScenarioError(source, key, "missing", f"add '{key}:' (see the serving scenario format)")
+    policies = data["policies"]
+    if not isinstance(policies, list) or not policies:
+        raise ScenarioError(source, "policies", "must be a non-empty list", "write e.g. '- {kind: vllm-swap}'")
+    kinds = ", ".join(k.value for k in ServingPolicyKind)
+    for idx, pol in enumerate(policies):
+        if not isinstance(pol, Mapping) or "kind" not in pol:
+            raise ScenarioError(source, f"policies[{idx}]", "each policy needs a kind",
+                                f"write '- {{kind: ...}}' with kind one of: {kinds}")
+        if pol["kind"] not in {k.value for k in ServingPolicyKind}:
+            raise ScenarioError(source, f"policies[{idx}].kind", f"unknown policy '{pol['kind']}'",
+                                f"use one of: {kinds}")
+    sweep = data.get("sweep") or {}
+    if not isinstance(sweep, Mapping):
+        raise ScenarioError(source, "sweep", "must be a mapping of axis: [values]",
+                            "write e.g. 'workload.rate_rps: [1, 2, 4]'")
+    for axis, values in sweep.items():
+        _check_axis(source, str(axis), values)
+    name = str(data.get("name", default_name))
+    axes = [str(a) for a in sweep]
+    points: list[ServingPoint] = []
+    for combo in itertools.product(*sweep.values()):
+        chosen = copy.deepcopy(dict(data))
+        for axis, value in zip(axes, combo, strict=True):
+            _set_dotted(chosen, axis, value)
+        model = resolve_preset(source, "model", chosen["model"], MODELS, ModelSpec)
+        hardware = resolve_preset(source, "hardware", chosen["hardware"], HARDWARE, HardwareSpec)
+        workload = _workload(source, base_dir, chosen["workload"])
+        engine = _validate(source, "engine", ServingEngineSpec, chosen.get("engine") or {})
+        kv = _kv_bytes(source, chosen.get("gpu_kv_bytes"))
+        for idx, pol in enumerate(chosen["policies"]):
+            policy = _validate(source, f"policies[{idx}]", ServingPolicySpec, pol)
+            try:
+                point = ServingPoint(scenario=name, model=model, hardware=hardware, workload=workload,
+                                     engine=engine, policy=policy, gpu_kv_bytes=kv)
+            except ValidationError as e:
+                msg = e.errors()[0]["msg"].removeprefix("Value error, ")
+                raise ScenarioError(source, "gpu_kv_bytes" if "gpu_kv_bytes" in msg else "hardware", msg,
+                                    "lower gpu_kv_bytes, or pick a larger GPU or a smaller model") from None
+            _check_fits(source, point)
+            points.append(point)
+    return points
+
+
+def load_serving_points(paths: Iterable[str | Path]) -> list[ServingPoint]:
+    """All points of all serving scenario files, in file order."""
+    points: list[ServingPoint] = []
+    for p in paths:
+        path = Path(p)
+        points += points_from_mapping(load_yaml(path), str(path), path.stem, path.parent)
+    return points
