@@ -116,7 +116,30 @@ def write_table(df, path: Path) -> None:
     write_atomic(df, path)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The commands of the other parts load on first use: their modules import this one (and
+    heavy libraries such as torch), so importing them here would be circular and slow."""
+
+    lazy = {
+        "measure": "hssim.hw.cli:measure",
+        "report": "hssim.reports.cli:report",
+        "serve": "hssim.sim.serving.cli:serve",
+        "validate": "hssim.validate.cli:validate",
+    }
+
+    def list_commands(self, ctx):
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx, name):
+        if name in self.lazy:
+            import importlib
+
+            module, attr = self.lazy[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hssim")
 def main() -> None:
     """hssim: simulate LLM inference with host-memory offloading."""
@@ -397,21 +420,6 @@ def presets() -> None:
         click.echo(f"  {h.name:<16} {h.gpu.name} {h.gpu.memory_bytes / 1e9:.0f} GB, {h.link.name} "
                    f"{h.link.h2d_pinned_Bps / 1e9:.1f} GB/s H2D pinned, host {h.host.memory_bytes / 1e9:.0f} GB")
 
-
-def _register_commands() -> None:
-    """Commands of the other parts; each imports its heavy dependencies (torch, ...) lazily."""
-    from .hw.cli import measure
-    from .reports.cli import report
-    from .sim.serving.cli import serve
-    from .validate.cli import validate
-
-    main.add_command(measure)
-    main.add_command(report)
-    main.add_command(validate)
-    main.add_command(serve)
-
-
-_register_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

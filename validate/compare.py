@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .contention import union_intervals
+
 KEYS = ["op_id", "stream", "kind", "layer", "step", "micro_batch"]
 
 
@@ -42,16 +44,7 @@ def step_times(tl: pd.DataFrame) -> pd.Series:
 
 
 def _union(intervals: np.ndarray) -> np.ndarray:
-    if len(intervals) == 0:
-        return intervals.reshape(0, 2)
-    iv = intervals[np.argsort(intervals[:, 0])]
-    out = [list(iv[0])]
-    for s, e in iv[1:]:
-        if s <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], e)
-        else:
-            out.append([s, e])
-    return np.asarray(out)
+    return union_intervals(intervals[:, 0], intervals[:, 1]) if len(intervals) else intervals.reshape(0, 2)
 
 
 def _length(iv: np.ndarray) -> float:

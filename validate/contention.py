@@ -41,7 +41,8 @@ def _busy_before(starts: np.ndarray, ends: np.ndarray, ivs: np.ndarray) -> np.nd
     return f(starts), f(ends)
 
 
-def _union(start: np.ndarray, end: np.ndarray) -> np.ndarray:
+def union_intervals(start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Merge intervals [start, end) into disjoint, sorted ones (an (n, 2) array, input dtype)."""
     keep = end > start
     iv = np.column_stack([start[keep], end[keep]])
     if len(iv) == 0:
@@ -53,7 +54,7 @@ def _union(start: np.ndarray, end: np.ndarray) -> np.ndarray:
             out[-1][1] = max(out[-1][1], e)
         else:
             out.append([s, e])
-    return np.asarray(out, dtype=np.int64)
+    return np.asarray(out, dtype=iv.dtype)
 
 
 def overlap_share(schedule: Schedule, result: SimResult) -> np.ndarray:
@@ -61,8 +62,8 @@ def overlap_share(schedule: Schedule, result: SimResult) -> np.ndarray:
     streams = np.array([op.stream is Stream.compute for op in schedule.ops])
     links = np.array([op.stream in (Stream.h2d, Stream.d2h) for op in schedule.ops])
     s, e = result.start_ns, result.end_ns
-    comp = _union(s[streams], e[streams])
-    link = _union(s[links], e[links])
+    comp = union_intervals(s[streams], e[streams])
+    link = union_intervals(s[links], e[links])
     share = np.zeros(len(schedule.ops))
     dur = np.maximum(e - s, 1)
     for mask, other in ((streams, link), (links, comp)):
