@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hssim.sim.costs import attention_work, ffn_work, gpu_time_s
@@ -168,6 +168,7 @@ def test_remapped_layers_are_evenly_spaced_and_end_at_the_last_layer(layers, dat
 
 
 @given(compute_s=st.floats(0, 1), layer_s=st.floats(1e-6, 1), layers=st.integers(1, 96))
+@example(compute_s=0.5, layer_s=0.02, layers=25)  # 0.5 // 0.02 == 24.0, yet 25 * 0.02 == 0.5 fits
 def test_layer_bound_is_the_largest_n_that_fits(compute_s, layer_s, layers):
     n = layer_bound(compute_s, layer_s, layers)
     assert 0 <= n <= layers and n * layer_s <= compute_s
