@@ -122,6 +122,7 @@ class _Commands(click.Group):
 
     lazy = {
         "measure": "hssim.hw.cli:measure",
+        "optimize": "hssim.sim.optimize.cli:optimize",
         "report": "hssim.reports.cli:report",
         "serve": "hssim.sim.serving.cli:serve",
         "validate": "hssim.validate.cli:validate",

@@ -18,7 +18,8 @@ from .specs import PointSpec
 POINT_COLUMNS = [
     "scenario", "model", "hardware", "policy", "policy_label", "batch", "prompt_len", "gen_len",
     "gpu_batch_size", "num_gpu_batches", "weights_gpu_percent", "cache_gpu_percent", "kv_ratio",
-    "cpu_attention", "pinned",
+    "cpu_attention", "pinned", "cache_pinned", "block_tokens", "mini_batching", "split_tokens", "split_rule",
+    "step_barrier",
 ]
 
 
@@ -40,9 +41,17 @@ def run_point(point: PointSpec, cost: CostModel | None = None, engine: str = "si
     """Simulate one point; raises MemoryPlanError if its schedule does not fit.
 
     engine: "simpy" (the SimPy model) or "list" (the same timeline, computed directly).
+    Hardware read from a calibrated profile is priced by that profile (with its
+    contention blend) unless `cost` is given.
     """
     schedule = build_schedule(point)
-    result = simulate(schedule, cost or RooflineCostModel(point.hardware), engine=engine)
+    if cost is None and point.hardware.profile:
+        from ..validate.contention import simulate_profiled
+        from ..validate.profile import load_profile
+
+        result = simulate_profiled(schedule, load_profile(point.hardware.profile), point.model)
+    else:
+        result = simulate(schedule, cost or RooflineCostModel(point.hardware), engine=engine)
     return PointRun(point, schedule, result, run_metrics(result))
 
 
@@ -64,6 +73,12 @@ def point_columns(point: PointSpec) -> dict[str, Any]:
         "kv_ratio": pol.kv_ratio,
         "cpu_attention": pol.cpu_attention,
         "pinned": pol.pinned,
+        "cache_pinned": pol.cache_pinned,
+        "block_tokens": pol.block_tokens,
+        "mini_batching": pol.mini_batching.value,
+        "split_tokens": pol.split_tokens,
+        "split_rule": pol.split_rule.value,
+        "step_barrier": pol.step_barrier,
     }
 
 

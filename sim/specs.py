@@ -174,6 +174,9 @@ class HardwareSpec(Spec):
     link: LinkSpec
     host: HostSpec
     cpu: CPUSpec
+    #: path of the calibrated profile (`hssim validate`) this spec was read from, if any;
+    #: points on such hardware are priced by the profile instead of the roofline
+    profile: str | None = None
 
 
 # -------------------------------------------------------------------------- workload
@@ -192,6 +195,23 @@ class PolicyKind(str, Enum):
     kv_only = "kv-only"
     token_recompute = "token-recompute"
     hybrid = "hybrid"
+    flexgen = "flexgen"  # FlexGen's runtime as it schedules: barriers, whole-tensor placement, unpinned KV
+    hybridserve = "hybridserve"  # HybridServe: KV/ACT host blocks in a fixed ratio, balanced mini-batches
+    kvpr = "kvpr"  # KVPR: activations of the first l tokens, K,V of the rest, early W_K/W_V load
+
+
+class SplitRule(str, Enum):
+    """How the kvpr policy picks its split point l when `split_tokens` is not given."""
+
+    closed_form = "closed-form"  # KVPR's formula, once per run, from fixed bandwidth and FLOP figures
+    per_step = "per-step"  # at each decode step, the l the cost model says is fastest for that step
+
+
+class MiniBatching(str, Enum):
+    """How the hybridserve policy forms GPU batches from requests."""
+
+    naive = "naive"  # consecutive requests, in arrival order
+    balanced = "balanced"  # each GPU batch gets the same mix of K,V and activation tokens
 
 
 #: which policy parameters each kind reads; sweeps skip an axis a kind ignores.
@@ -199,6 +219,9 @@ POLICY_PARAMS: dict[PolicyKind, frozenset[str]] = {
     PolicyKind.kv_only: frozenset({"cpu_attention"}),
     PolicyKind.token_recompute: frozenset({"kv_ratio"}),
     PolicyKind.hybrid: frozenset({"kv_ratio"}),
+    PolicyKind.flexgen: frozenset({"cpu_attention", "cache_pinned"}),
+    PolicyKind.hybridserve: frozenset({"kv_ratio", "block_tokens", "mini_batching", "step_barrier"}),
+    PolicyKind.kvpr: frozenset({"split_tokens", "split_rule", "step_barrier"}),
 }
 COMMON_POLICY_PARAMS = frozenset(
     {"gpu_batch_size", "num_gpu_batches", "weights_gpu_percent", "cache_gpu_percent", "pinned"}
@@ -220,20 +243,40 @@ class PolicySpec(Spec):
     kv_ratio: float = Field(default=1.0, ge=0, le=1)
     cpu_attention: bool = False
     pinned: bool = True
+    cache_pinned: bool = Field(
+        default=False, description="flexgen: host K,V in pinned memory (FlexGen's runtime does not pin it)")
+    block_tokens: int = Field(default=16, gt=0, description="hybridserve: tokens per host cache block")
+    mini_batching: MiniBatching = MiniBatching.balanced
+    split_tokens: int | None = Field(
+        default=None, ge=0, description="kvpr: fixed split point l (tokens per sequence sent as activations)")
+    split_rule: SplitRule = SplitRule.closed_form
+    step_barrier: bool = Field(
+        default=True, description="hybridserve, kvpr: FlexGen's sync after every (layer, GPU batch) step "
+        "(both systems are built on FlexGen's runtime); flexgen always syncs, kv-only and hybrid never")
 
     @model_validator(mode="after")
     def _check_kind_params(self) -> PolicySpec:
-        if self.cpu_attention and self.kind is not PolicyKind.kv_only:
-            raise ValueError("cpu_attention applies to the kv-only policy only")
+        if self.cpu_attention and self.kind not in (PolicyKind.kv_only, PolicyKind.flexgen):
+            raise ValueError("cpu_attention applies to the kv-only and flexgen policies only")
         if self.cpu_attention and self.cache_gpu_percent > 0:
             raise ValueError("cpu_attention needs the whole KV cache on the host (cache_gpu_percent: 0)")
+        if self.kind in (PolicyKind.hybridserve, PolicyKind.kvpr) and self.cache_gpu_percent > 0:
+            raise ValueError(f"{self.kind.value} keeps the whole cache on the host (cache_gpu_percent: 0)")
         return self
 
     @property
     def label(self) -> str:
-        """Short human name, e.g. `hybrid r=0.40` or `kv-only cpu-attn`."""
+        """Short human name, e.g. `hybrid r=0.40`, `kv-only cpu-attn`, `kvpr l=per-step`."""
         if self.kind is PolicyKind.kv_only:
             return "kv-only cpu-attn" if self.cpu_attention else "kv-only"
+        if self.kind is PolicyKind.flexgen:
+            return "flexgen cpu-attn" if self.cpu_attention else "flexgen"
+        if self.kind is PolicyKind.kvpr:
+            split = self.split_tokens if self.split_tokens is not None else self.split_rule.value
+            return f"kvpr l={split}"
+        if self.kind is PolicyKind.hybridserve:
+            variant = "act-only" if self.kv_ratio == 0 else f"r={self.kv_ratio:.2f}"
+            return f"hybridserve {variant} {self.mini_batching.value}"
         return f"{self.kind.value} r={self.kv_ratio:.2f}"
 
 

@@ -145,3 +145,17 @@ def test_run_with_many_points_asks_to_narrow(tmp_path):
 def test_missing_file(tmp_path):
     res = invoke("run", tmp_path / "nope.yaml")
     assert res.exit_code == 2 and "cannot read" in res.output
+
+
+def test_a_calibrated_profile_can_be_named_like_a_preset(tmp_path):
+    pytest.importorskip("hssim.validate.profile")
+    text = ("model: {preset: opt-1.3b, layers: 2}\nhardware: cpu-amd-epyc-2cpu-1t\n"
+            "workload: {batch: 4, prompt_len: 32, gen_len: 3}\npolicies: [{kind: kv-only}]\n")
+    res = invoke("run", write(tmp_path, text), "--json")
+    assert res.exit_code == 0, res.output
+    obj = json.loads(res.output.strip().splitlines()[-1])
+    assert obj["hardware"] == "cpu-amd-epyc-2cpu-1t" and obj["makespan_s"] > 0
+    from hssim.sim.scenario import load_points
+
+    point = load_points([tmp_path / "s.yaml"])[0]
+    assert point.hardware.profile and point.hardware.profile.endswith("cpu-amd-epyc-2cpu-1t.yaml")

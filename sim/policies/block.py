@@ -11,41 +11,88 @@ step), for each layer, for each GPU batch (micro-batch):
 Buffers are double-buffered: a load waits (`after`) until the buffer it reuses has
 been consumed, and attention waits until the store two micro-batches back has
 drained its output buffer.
+
+Policy options on top (see `BlockOptions`): the `flexgen` policy adds FlexGen's
+full barrier after every (layer, GPU batch) step (`torch.cuda.synchronize`), places
+weights as whole tensors, and moves K,V to and from unpinned host memory; the
+`kvpr` policy loads W_K, W_V and the layer norm as a separate, earlier weight op so
+that rebuilding K,V can start before the rest of the layer's weights arrive.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from .. import costs
 from ..memory import plan_memory
-from ..schedule import KIND_STREAM, Op, OpKind, Schedule, ScheduleMeta
-from ..specs import PointSpec
+from ..schedule import KIND_STREAM, LINK_KINDS, Op, OpKind, Schedule, ScheduleMeta, Stream
+from ..specs import PointSpec, PolicyKind
+from .placement import flexgen_gpu_weight_percent, kv_proj_early_params
 from .schemes import CacheScheme, scheme_for
 
 Item = tuple[int, int, int]  # (step, layer, micro_batch)
 
+#: link kinds that move cache state (K,V, activations) rather than weights or hidden states
+CACHE_LINK_KINDS = frozenset({OpKind.load_kv, OpKind.load_act, OpKind.store_kv, OpKind.store_act})
+
+
+@dataclass(frozen=True)
+class BlockOptions:
+    """How a policy runs the block schedule beyond its cache scheme."""
+
+    step_barrier: bool = False  # full sync after every (layer, GPU batch) step (FlexGen)
+    cache_pinned: bool = True  # host K,V and activations in pinned memory
+    early_kv_proj: bool = False  # load LN, W_K, W_V as their own, first weight op (KVPR)
+
+
+def block_options(point: PointSpec) -> BlockOptions:
+    pol = point.policy
+    if pol.kind is PolicyKind.flexgen:
+        return BlockOptions(step_barrier=True, cache_pinned=pol.cache_pinned and pol.pinned)
+    if pol.kind is PolicyKind.kvpr:
+        return BlockOptions(step_barrier=pol.step_barrier, early_kv_proj=True, cache_pinned=pol.pinned)
+    if pol.kind is PolicyKind.hybridserve:
+        return BlockOptions(step_barrier=pol.step_barrier, cache_pinned=pol.pinned)
+    return BlockOptions(cache_pinned=pol.pinned)
+
+
+def effective_point(point: PointSpec) -> PointSpec:
+    """The point as the runtime sees it: FlexGen keeps whole tensors, so its real GPU
+    share of the weights replaces the requested percentage."""
+    pol = point.policy
+    if pol.kind is not PolicyKind.flexgen or pol.weights_gpu_percent in (0.0, 100.0):
+        return point
+    real = flexgen_gpu_weight_percent(point.model, pol.weights_gpu_percent)
+    return point.model_copy(update={"policy": pol.model_copy(update={"weights_gpu_percent": real})})
+
 
 def build_schedule(point: PointSpec, check_memory: bool = True) -> Schedule:
     """The schedule of one point; raises `MemoryPlanError` if it does not fit."""
-    return _BlockBuilder(point, scheme_for(point.policy)).build(check_memory)
+    run = effective_point(point)
+    return _BlockBuilder(run, scheme_for(run.policy, run), block_options(run)).build(check_memory)
 
 
 class _BlockBuilder:
-    def __init__(self, point: PointSpec, scheme: CacheScheme) -> None:
+    def __init__(self, point: PointSpec, scheme: CacheScheme, options: BlockOptions | None = None) -> None:
         self.point = point
         self.m = point.model
         self.pol = point.policy
         self.wl = point.workload
         self.scheme = scheme
+        self.opts = options or BlockOptions(cache_pinned=point.policy.pinned)
         self.gbs = point.gpu_batch_size
         self.k = self.pol.num_gpu_batches
         self.L = self.m.layers
-        self.weight_link_bytes = round(
-            self.m.weight_bytes_per_layer * (1.0 - self.pol.weights_gpu_percent / 100.0)
-        )
+        streamed = 1.0 - self.pol.weights_gpu_percent / 100.0
+        self.weight_link_bytes = round(self.m.weight_bytes_per_layer * streamed)
+        early = round(kv_proj_early_params(self.m) * self.m.dtype_bytes * streamed) if self.opts.early_kv_proj else 0
+        #: (part, bytes) of each layer's streamed weights, in load order
+        self.weight_parts = [(n, b) for n, b in (("kv_proj", early), ("rest", self.weight_link_bytes - early)) if b]
         self.cache_host_fraction = 1.0 - self.pol.cache_gpu_percent / 100.0
         self.ops: list[Op] = []
+        self.barrier: tuple[int, ...] = ()
+        self.early_weights: dict[tuple[int, int], int] = {}
         # producers, by item or layer
         self.weights: dict[tuple[int, int], int] = {}
         self.cache_loads: dict[int, dict[OpKind, int]] = {}
@@ -61,16 +108,32 @@ class _BlockBuilder:
              after: Iterable[int | None] = (), **sizes) -> int:
         t, layer, j = item
         op_id = len(self.ops)
+        pinned = self.opts.cache_pinned if kind in CACHE_LINK_KINDS else self.pol.pinned
         self.ops.append(
             Op(
                 id=op_id, stream=KIND_STREAM[kind], kind=kind, layer=layer, step=t,
                 micro_batch=j,
                 deps=tuple(sorted({d for d in deps if d is not None})),
-                after=tuple(sorted({a for a in after if a is not None})),
-                pinned=self.pol.pinned, **sizes,
+                after=tuple(sorted({a for a in (*after, *self.barrier) if a is not None})),
+                pinned=pinned if kind in LINK_KINDS else True, **sizes,
             )
         )
         return op_id
+
+    def _sync(self, since: int) -> None:
+        """FlexGen's barrier: every op issued from now on waits for all ops issued since
+        `since` (the last op of each stream, streams being in order)."""
+        last: dict[Stream, int] = {}
+        for op in self.ops[since:]:
+            last[op.stream] = op.id
+        if last:
+            self.barrier = tuple(sorted(last.values()))
+
+    def _tok_shape(self, total: int) -> tuple[tuple[str, int], ...]:
+        """Shape of a cache op moving `total` tokens over the GPU batch (batch x tokens = total)."""
+        if total % self.gbs == 0:
+            return (("batch", self.gbs), ("tokens", total // self.gbs))
+        return (("batch", 1), ("tokens", total), ("sequences", self.gbs))
 
     def _work(self, w: costs.Work) -> dict:
         return dict(flops=w.flops, hbm_bytes=w.hbm_bytes, kernels=w.kernels,
@@ -96,18 +159,42 @@ class _BlockBuilder:
         items: list[Item] = [(t, layer, j) for t in range(n) for layer in range(L) for j in range(k)]
         layers = [(t, layer) for t in range(n) for layer in range(L)]
 
+        # A decode step's cache load of (layer, micro-batch) reads what the previous step's
+        # store of the same (layer, micro-batch) wrote, `per_step` items back. Normally that
+        # store is long issued when the load is prefetched; with very few layers x GPU
+        # batches it is not, and the load waits in `pending` until the store is issued.
+        per_step = L * k
+        pending: dict[int, int] = {}
+
+        def load(idx: int) -> None:
+            needed = idx - per_step
+            if items[idx][0] == 0 or needed in self.stores:
+                self._emit_cache_loads(items, idx)
+            else:
+                pending[needed] = idx
+
+        def store(idx: int) -> None:
+            self._emit_stores(items, idx)
+            if idx in pending:
+                self._emit_cache_loads(items, pending.pop(idx))
+
         self._emit_weight_load(layers, 0)
-        self._emit_cache_loads(items, 0)
+        load(0)
+        since = 0
         for i, item in enumerate(items):
             t, layer, j = item
+            if self.opts.step_barrier:  # FlexGen: sync() ends every (layer, GPU batch) step
+                self._sync(since)
+                since = len(self.ops)
             if j == 0 and t * L + layer + 1 < len(layers):
                 self._emit_weight_load(layers, t * L + layer + 1)
-            if i + 1 < len(items):
-                self._emit_cache_loads(items, i + 1)
-            self._emit_compute(items, i)
             if i >= 1:
-                self._emit_stores(items, i - 1)
-        self._emit_stores(items, len(items) - 1)
+                store(i - 1)  # one behind (issue order across streams does not change any stream's queue)
+            if i + 1 < len(items):
+                load(i + 1)  # one ahead
+            self._emit_compute(items, i)
+        store(len(items) - 1)
+        assert not pending, "a cache load was never issued"
 
         meta = ScheduleMeta(
             model=self.m.name, hardware=self.point.hardware.name, policy=self.pol.label,
@@ -129,11 +216,15 @@ class _BlockBuilder:
         t, layer = layers[idx]
         # double buffer: overwrite the buffer of the layer two back once it is done
         reuse = self.layer_tail.get(layers[idx - 2], []) if idx >= 2 else []
-        self.weights[(t, layer)] = self._add(
-            OpKind.load_weights, (t, layer, 0), after=reuse,
-            link_bytes=self.weight_link_bytes, gpu_bytes=self.weight_link_bytes,
-            shape=(("params", self.m.layer_params),),
-        )
+        for part, nbytes in self.weight_parts:
+            shape = (("params", self.m.layer_params),)
+            if len(self.weight_parts) > 1:
+                shape += (("part_bytes", nbytes), (part, 1))
+            op = self._add(OpKind.load_weights, (t, layer, 0), after=reuse, link_bytes=nbytes,
+                           gpu_bytes=nbytes, shape=shape)
+            if part == "kv_proj":
+                self.early_weights[(t, layer)] = op
+            self.weights[(t, layer)] = op  # the last part: the whole layer has arrived
 
     def _emit_cache_loads(self, items: list[Item], i: int) -> None:
         t, layer, j = items[i]
@@ -143,19 +234,20 @@ class _BlockBuilder:
             return
         past = self._past(t)
         reuse = self.attention.get(i - 2)
-        wanted = dict(self.scheme.loads(past))
+        written = self.stores[i - self.L * self.k]  # the previous step's store of this (layer, micro-batch)
+        wanted = dict(self.scheme.mb_loads(past, j, self.gbs))
         if layer == 0:
-            wanted = {OpKind.load_tokens: self.scheme.token_id_tokens(past), **wanted}
-        for kind, tokens in wanted.items():
-            if tokens <= 0:
+            wanted = {OpKind.load_tokens: self.gbs * self.scheme.token_id_tokens(past), **wanted}
+        for kind, total in wanted.items():
+            if total <= 0:
                 continue
             frac = 1.0 if kind is OpKind.load_tokens else self.cache_host_fraction
-            nbytes = round(self.gbs * tokens * self._state_bytes(kind) * frac)
+            nbytes = round(total * self._state_bytes(kind) * frac)
             if nbytes == 0:
                 continue
             loads[kind] = self._add(
-                kind, items[i], after=[reuse], link_bytes=nbytes, gpu_bytes=nbytes,
-                shape=(("batch", self.gbs), ("tokens", tokens)),
+                kind, items[i], deps=() if kind is OpKind.load_tokens else written, after=[reuse],
+                link_bytes=nbytes, gpu_bytes=nbytes, shape=self._tok_shape(total),
             )
 
     def _emit_compute(self, items: list[Item], i: int) -> None:
@@ -178,15 +270,16 @@ class _BlockBuilder:
         else:
             rec = None
             loads = self.cache_loads.get(i, {})
-            plan = self.scheme.recompute(past) if t > 0 else None
+            plan = self.scheme.mb_recompute(past, j, gbs) if t > 0 else None
             if plan is not None:
-                kind, tokens = plan
+                kind, total = plan
+                tokens = total // gbs
                 if kind is OpKind.recompute_kv:
-                    work = costs.recompute_kv_work(m, gbs * tokens)
+                    work = costs.recompute_kv_work(m, total)
                     rec = self._add(
-                        kind, item, deps=[w, loads.get(OpKind.load_act)],
-                        gpu_bytes=gbs * tokens * m.kv_bytes_per_token,
-                        shape=(("batch", gbs), ("tokens", tokens)), **self._work(work),
+                        kind, item, deps=[self.early_weights.get((t, layer), w), loads.get(OpKind.load_act)],
+                        gpu_bytes=total * m.kv_bytes_per_token,
+                        shape=self._tok_shape(total), **self._work(work),
                     )
                 else:  # recompute_layer: re-run this layer for the recomputed prefix
                     prev = self.recompute.get((t, layer - 1, j)) if layer else loads.get(
@@ -250,17 +343,16 @@ class _BlockBuilder:
         if t > 0 and self.pol.cpu_attention:
             return  # the CPU appended the new K,V itself
         if t == 0:
-            wanted = self.scheme.prefill_stores(self.wl.prompt_len)
+            wanted = self.scheme.mb_prefill_stores(self.wl.prompt_len, j, self.gbs)
         else:
-            kind = self.scheme.new_token_store(self._past(t))
-            wanted = {kind: 1} if kind is not None else {}
+            wanted = self.scheme.mb_new_token_stores(self._past(t), j, self.gbs)
         ids = []
-        for kind, tokens in wanted.items():
-            nbytes = round(self.gbs * tokens * self._state_bytes(kind) * self.cache_host_fraction)
+        for kind, total in wanted.items():
+            nbytes = round(total * self._state_bytes(kind) * self.cache_host_fraction)
             if nbytes == 0:
                 continue
             ids.append(self._add(
                 kind, items[i], deps=[self.attention[i]], link_bytes=nbytes,
-                host_alloc_bytes=nbytes, shape=(("batch", self.gbs), ("tokens", tokens)),
+                host_alloc_bytes=nbytes, shape=self._tok_shape(total),
             ))
         self.stores[i] = ids

@@ -1,7 +1,8 @@
 """What each policy keeps on the host per past token, and what it rebuilds.
 
 A scheme answers, for a sequence with `past` tokens already generated or
-prompted: how many tokens' state must be loaded (and as what), how many must be
+prompted (or, through the `mb_*` methods, for the `gbs` sequences of GPU batch `j`
+together, where sequences may differ): how many tokens' state must be loaded (and as what), how many must be
 rebuilt on the GPU (and how), and as what the newest token is stored. The block
 builder turns those answers into ops; it knows nothing policy-specific beyond them.
 
@@ -16,7 +17,7 @@ import math
 from dataclasses import dataclass
 
 from ..schedule import OpKind
-from ..specs import PolicyKind, PolicySpec
+from ..specs import PointSpec, PolicyKind, PolicySpec
 
 
 def held_as_other(past: int, kv_ratio: float) -> int:
@@ -49,6 +50,25 @@ class CacheScheme:
     def token_id_tokens(self, past: int) -> int:
         """Token ids per sequence sent to the GPU before layer 0."""
         return 0
+
+    def new_token_stores(self, past: int) -> dict[OpKind, int]:
+        """Tokens per sequence stored, by kind, for the token at position `past`."""
+        kind = self.new_token_store(past)
+        return {kind: 1} if kind is not None else {}
+
+    # -- per GPU batch: totals over its `gbs` sequences (uniform schemes multiply) --
+    def mb_loads(self, past: int, j: int, gbs: int) -> dict[OpKind, int]:
+        return {k: gbs * n for k, n in self.loads(past).items()}
+
+    def mb_recompute(self, past: int, j: int, gbs: int) -> tuple[OpKind, int] | None:
+        plan = self.recompute(past)
+        return (plan[0], gbs * plan[1]) if plan else None
+
+    def mb_prefill_stores(self, prompt: int, j: int, gbs: int) -> dict[OpKind, int]:
+        return {k: gbs * n for k, n in self.prefill_stores(prompt).items()}
+
+    def mb_new_token_stores(self, past: int, j: int, gbs: int) -> dict[OpKind, int]:
+        return {k: gbs * n for k, n in self.new_token_stores(past).items()}
 
 
 @dataclass(frozen=True)
@@ -106,11 +126,26 @@ class Hybrid(CacheScheme):
         return OpKind.store_act if grows else OpKind.store_kv
 
 
-def scheme_for(policy: PolicySpec) -> CacheScheme:
-    if policy.kind is PolicyKind.kv_only:
+def scheme_for(policy: PolicySpec, point: PointSpec | None = None) -> CacheScheme:
+    """The cache scheme of a policy; kvpr and hybridserve need the whole `point`."""
+    if policy.kind in (PolicyKind.kv_only, PolicyKind.flexgen):
         return KVOnly()
+    if policy.kind is PolicyKind.kvpr:
+        from .kvpr import kvpr_scheme
+
+        return kvpr_scheme(_need(point, policy))
+    if policy.kind is PolicyKind.hybridserve:
+        from .hybridserve import hybridserve_scheme
+
+        return hybridserve_scheme(_need(point, policy))
     if policy.kind is PolicyKind.token_recompute:
         return TokenRecompute(policy.kv_ratio)
     if policy.kind is PolicyKind.hybrid:
         return Hybrid(policy.kv_ratio)
     raise ValueError(f"no cache scheme for policy kind {policy.kind.value!r}")
+
+
+def _need(point: PointSpec | None, policy: PolicySpec) -> PointSpec:
+    if point is None:
+        raise ValueError(f"the {policy.kind.value} scheme depends on the point (hardware, batch, lengths)")
+    return point

@@ -1,0 +1,1 @@
+"""Optimisers: each paper's parameter picked by simulation through the one cost model."""

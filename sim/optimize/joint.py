@@ -1,0 +1,50 @@
+"""A joint search none of the papers does: block shape x weight placement x KV ratio r,
+compared with each paper's own rule on the same workload and box."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from ..specs import PointSpec, PolicySpec
+from .flexgen_search import search_flexgen
+from .ratio import closed_form_ratio
+from .search import SearchResult, best_of, block_shapes, evaluate
+
+WEIGHT_PERCENTS = (0.0, 20.0, 50.0, 100.0)
+RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass(frozen=True)
+class JointReport:
+    joint: SearchResult
+    rules: dict[str, float | None]  # each paper's rule -> its throughput (None: does not fit)
+
+    def gain_over(self, rule: str) -> float | None:
+        base = self.rules.get(rule)
+        return self.joint.best.throughput_tok_s / base if base else None
+
+
+def _point(point: PointSpec, **policy) -> PointSpec:
+    return point.model_copy(update={"policy": PolicySpec(**policy)})
+
+
+def search_joint(point: PointSpec, weight_percents=WEIGHT_PERCENTS, ratios=RATIOS,
+                 max_num_gpu_batches: int = 16) -> JointReport:
+    shapes = block_shapes(point.workload.batch, max_num_gpu_batches)
+    joint = best_of(
+        _point(point, kind="hybrid", gpu_batch_size=g, num_gpu_batches=k, weights_gpu_percent=w, kv_ratio=r)
+        for (g, k), w, r in itertools.product(shapes, weight_percents, ratios))
+    pol = point.policy
+    base = dict(gpu_batch_size=point.gpu_batch_size, num_gpu_batches=pol.num_gpu_batches,
+                weights_gpu_percent=pol.weights_gpu_percent)
+    flexgen = search_flexgen(_point(point, kind="flexgen", **base),
+                             weight_percents=weight_percents, max_num_gpu_batches=max_num_gpu_batches)
+    r_closed = round(closed_form_ratio(_point(point, kind="hybridserve", **base)), 2)
+    rules = {
+        "flexgen (its placement search)": flexgen.best.throughput_tok_s,
+        f"hybridserve (closed-form r={r_closed})": evaluate(
+            _point(point, kind="hybridserve", kv_ratio=r_closed, **base)).throughput_tok_s,
+        "kvpr (closed-form l)": evaluate(_point(point, kind="kvpr", **base)).throughput_tok_s,
+    }
+    return JointReport(joint, rules)

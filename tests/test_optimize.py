@@ -1,0 +1,67 @@
+"""Each optimiser's choice is no worse than every grid point it could have picked."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+from conftest import make_point, tiny_model
+
+from hssim.sim.optimize.cli import optimize
+from hssim.sim.optimize.flexgen_search import search_flexgen
+from hssim.sim.optimize.joint import search_joint
+from hssim.sim.optimize.ratio import closed_form_ratio, search_ratio
+from hssim.sim.optimize.split import search_split
+
+M = tiny_model(layers=2, hidden=512, heads=8)
+GQA = tiny_model(layers=2, hidden=512, heads=8, kv_heads=1)
+
+
+def _no_worse(res):
+    best = res.best.throughput_tok_s
+    assert all(c.throughput_tok_s <= best for c in res.feasible)
+
+
+def test_flexgen_search_beats_every_configuration_it_tried():
+    res = search_flexgen(make_point(M, kind="flexgen", batch=8, prompt_len=64, gen_len=3),
+                         weight_percents=(0.0, 50.0, 100.0), max_num_gpu_batches=4)
+    _no_worse(res)
+    assert len(res.tried) > 10
+
+
+def test_ratio_search_and_closed_form():
+    p = make_point(M, kind="hybridserve", batch=8, num_gpu_batches=2, prompt_len=200, gen_len=3)
+    _no_worse(search_ratio(p))
+    assert 0.0 <= closed_form_ratio(p) <= 1.0
+
+
+def test_gqa_models_never_pick_activations():
+    p = make_point(GQA, kind="hybridserve", hardware="h100-80gb-pcie5", batch=8, num_gpu_batches=2,
+                   prompt_len=200, gen_len=3)
+    assert search_ratio(p).best.point.policy.kv_ratio == 1.0
+    assert closed_form_ratio(p) == 1.0
+    joint = search_joint(make_point(GQA, hardware="h100-80gb-pcie5", batch=4, prompt_len=100, gen_len=2),
+                         weight_percents=(0.0,), ratios=(0.0, 0.5, 1.0), max_num_gpu_batches=2)
+    assert joint.joint.best.point.policy.kv_ratio == 1.0
+
+
+def test_split_search_is_no_worse_than_closed_form_or_any_grid_point():
+    rep = search_split(make_point(M, kind="kvpr", batch=8, num_gpu_batches=2, prompt_len=128, gen_len=3), steps=8)
+    _no_worse(rep.simulated)
+    assert rep.closed_form_tok_s <= rep.simulated.best.throughput_tok_s
+
+
+def test_joint_search_is_no_worse_than_its_grid_and_reports_gains():
+    rep = search_joint(make_point(M, batch=4, prompt_len=100, gen_len=2), weight_percents=(0.0, 100.0),
+                       ratios=(0.0, 1.0), max_num_gpu_batches=2)
+    _no_worse(rep.joint)
+    assert set(rep.rules) and all(v is None or v > 0 for v in rep.rules.values())
+
+
+def test_optimize_command_prints_choices(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("model: {preset: opt-1.3b, layers: 2}\nhardware: rtx4090-pcie4\n"
+                 "workload: {batch: 4, prompt_len: 64, gen_len: 2}\npolicies: [{kind: kv-only}]\n")
+    res = CliRunner().invoke(optimize, [str(f), "--what", "ratio", "--what", "split"])
+    assert res.exit_code == 0, res.output
+    assert "hybridserve r" in res.output and "kvpr l" in res.output
+    bad = CliRunner().invoke(optimize, [str(f), "--point", "5"])
+    assert bad.exit_code == 2 and "error:" in bad.output

@@ -1,0 +1,1 @@
+"""Peer cost models: the published systems' own analytical models, run beside hssim."""
