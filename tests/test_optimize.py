@@ -56,6 +56,30 @@ def test_joint_search_is_no_worse_than_its_grid_and_reports_gains():
     assert set(rep.rules) and all(v is None or v > 0 for v in rep.rules.values())
 
 
+def test_joint_search_never_loses_to_flexgens_own_search():
+    """The joint space holds an idealised twin of every FlexGen configuration (CPU attention,
+    K,V on the GPU included), and the idealised schedule is never slower than FlexGen's."""
+    for hw in ("rtx4090-pcie4", "t4-pcie3"):
+        rep = search_joint(make_point(M, hardware=hw, batch=4, prompt_len=100, gen_len=2),
+                           weight_percents=(0.0, 100.0), ratios=(0.0, 0.5, 1.0), max_num_gpu_batches=2)
+        flexgen = next(v for k, v in rep.rules.items() if k.startswith("flexgen"))
+        assert rep.joint.best.throughput_tok_s >= flexgen
+
+
+def test_parallel_search_picks_what_a_serial_search_picks():
+    from hssim.sim.optimize.search import SETTINGS
+
+    p = make_point(M, kind="hybridserve", batch=8, num_gpu_batches=2, prompt_len=200, gen_len=3)
+    SETTINGS.jobs = 1
+    try:
+        serial = search_ratio(p)
+    finally:
+        SETTINGS.jobs = None
+    parallel = search_ratio(p)
+    assert [c.throughput_tok_s for c in serial.tried] == [c.throughput_tok_s for c in parallel.tried]
+    assert serial.best.point == parallel.best.point
+
+
 def test_optimize_command_prints_choices(tmp_path):
     f = tmp_path / "s.yaml"
     f.write_text("model: {preset: opt-1.3b, layers: 2}\nhardware: rtx4090-pcie4\n"

@@ -12,7 +12,7 @@ from ..specs import PointSpec
 from .flexgen_search import search_flexgen
 from .joint import search_joint
 from .ratio import closed_form_ratio, search_ratio
-from .search import with_policy
+from .search import SETTINGS, with_policy
 from .split import search_split
 
 WHAT = ("flexgen", "ratio", "split", "joint")
@@ -65,8 +65,9 @@ def report_lines(point: PointSpec, what: tuple[str, ...]) -> list[str]:
     if "joint" in what:
         rep = search_joint(point)
         p = rep.joint.best.point.policy
-        lines.append(f"joint (block x placement x r): {p.gpu_batch_size}x{p.num_gpu_batches}, weights on GPU "
-                     f"{p.weights_gpu_percent:g}%, r={p.kv_ratio:.2f}: {_fmt(rep.joint.best.throughput_tok_s)}")
+        lines.append(f"joint (block x placement x r): {p.label}, {p.gpu_batch_size}x{p.num_gpu_batches}, weights on "
+                     f"GPU {p.weights_gpu_percent:g}%, cache on GPU {p.cache_gpu_percent:g}%: "
+                     f"{_fmt(rep.joint.best.throughput_tok_s)}")
         for rule, tput in rep.rules.items():
             gain = rep.gain_over(rule)
             lines.append(f"  vs {rule}: {_fmt(tput)}" + (f", joint gains {gain:.2f}x" if gain else ""))
@@ -78,13 +79,35 @@ def report_lines(point: PointSpec, what: tuple[str, ...]) -> list[str]:
 @click.option("--point", "index", default=0, show_default=True, help="which point of the scenario to optimise")
 @click.option("--what", "what", multiple=True, type=click.Choice(WHAT),
               help="optimisers to run (default: all)")
-def optimize(scenario: str, index: int, what: tuple[str, ...]) -> None:
-    """Pick FlexGen's block and placement, HybridServe's r, KVPR's l and a joint optimum by simulation."""
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="processes that simulate candidates (default: all cores)")
+def optimize(scenario: str, index: int, what: tuple[str, ...], jobs: int | None) -> None:
+    """Pick FlexGen's block and placement, HybridServe's r, KVPR's l and a joint optimum by simulation.
+
+    Every candidate is simulated through the one cost model; progress goes to stderr.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     from ...cli import UserError
 
     point = _base_point(scenario, index)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        console=Console(stderr=True), transient=True)
+    tasks: dict[str, int] = {}
+
+    def hook(label: str, done: int, total: int) -> None:
+        if label not in tasks:
+            tasks[label] = progress.add_task(label, total=total)
+        progress.update(tasks[label], completed=done)
+
+    SETTINGS.jobs, SETTINGS.progress = jobs, hook
     try:
-        for line in report_lines(point, what or WHAT):
-            click.echo(line)
+        with progress:
+            lines = report_lines(point, what or WHAT)
     except MemoryPlanError as e:
         raise UserError(str(e)) from None
+    finally:
+        SETTINGS.jobs, SETTINGS.progress = None, None
+    for line in lines:
+        click.echo(line)

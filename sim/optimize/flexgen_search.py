@@ -23,6 +23,6 @@ def flexgen_candidates(point: PointSpec, weight_percents=WEIGHT_PERCENTS, cache_
     return out
 
 
-def search_flexgen(point: PointSpec, **grid) -> SearchResult:
+def search_flexgen(point: PointSpec, label: str = "flexgen search", **grid) -> SearchResult:
     """Best block shape and placement for `point`'s policy kind (flexgen or kv-only)."""
-    return best_of(flexgen_candidates(point, **grid))
+    return best_of(flexgen_candidates(point, **grid), label)

@@ -15,7 +15,7 @@ RATIOS = tuple(i / 10 for i in range(11))
 
 
 def search_ratio(point: PointSpec, ratios=RATIOS) -> SearchResult:
-    return best_of(with_policy(point, kv_ratio=r) for r in ratios)
+    return best_of((with_policy(point, kv_ratio=r) for r in ratios), "ratio search")
 
 
 def closed_form_ratio(point: PointSpec) -> float:

@@ -24,7 +24,7 @@ def split_grid(prompt_len: int, steps: int = 16) -> list[int]:
 def search_split(point: PointSpec, steps: int = 16) -> SplitReport:
     l_closed = closed_form_split_for(point.model, point.hardware, point.workload.prompt_len)
     grid = sorted(set(split_grid(point.workload.prompt_len, steps)) | {l_closed})
-    sim = best_of(with_policy(point, split_tokens=n) for n in grid)
+    sim = best_of((with_policy(point, split_tokens=n) for n in grid), "split search")
     closed = next(c for c in sim.tried if c.point.policy.split_tokens == l_closed)
     per_step = evaluate(with_policy(point, split_tokens=None, split_rule="per-step"))
     return SplitReport(l_closed, closed.throughput_tok_s, per_step.throughput_tok_s, sim)
