@@ -16,6 +16,7 @@ from . import __version__
 from .sim.memory import MemoryPlanError
 from .sim.scenario import ScenarioError, load_yaml, points_from_mapping
 from .sim.specs import PointSpec
+from .sim.sweep import ClusterUnreachable
 
 
 class UserError(click.ClickException):
@@ -31,7 +32,7 @@ def _fail_on_user_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ScenarioError, MemoryPlanError) as e:
+        except (ScenarioError, MemoryPlanError, ClusterUnreachable) as e:
             raise UserError(str(e)) from None
 
     wrapper.__name__ = fn.__name__
@@ -150,7 +151,8 @@ def main() -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--out", "out_dir", default="out/sweep", show_default=True, type=click.Path(file_okay=False),
               help="folder for results.parquet, results.csv, ranking.csv and the points.jsonl journal")
-@click.option("--jobs", "-j", type=int, default=None, help="local worker processes (default: all cores)")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="local worker processes (default: all cores)")
 @click.option("--cluster", default=None, metavar="ADDRESS",
               help="run on a Dask cluster (tcp://host:8786), or 'local' to start one on this machine")
 @click.option("--fresh", is_flag=True, help="forget finished points in --out and run everything again")
@@ -308,7 +310,10 @@ def _print_ranking(ranked) -> None:
         t.add_row(*[str(k) for k in key], first["policy_label"], f"{first['throughput_tok_s']:.2f}",
                   "-" if math.isnan(ratio) else f"{ratio:.2f}x",
                   "-" if second is None else f"{second['policy_label']} ({second['throughput_tok_s']:.2f})")
-    Console().print(t)
+    console = Console()
+    if not console.is_terminal:  # a log file: wide enough that no column is cut to "…"
+        console = Console(width=max(console.width, 200))
+    console.print(t)
 
 
 _point_options = [

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .. import __version__
@@ -31,9 +33,24 @@ class PointRun:
     metrics: dict[str, float]
 
 
+@functools.cache
+def model_fingerprint() -> str:
+    """Hash of the simulator's own source (sim/, and validate/ for calibrated profiles).
+
+    Part of every point key, so a sweep rerun after the model changed recomputes its
+    points instead of reusing results the old code made.
+    """
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256(__version__.encode())
+    for path in sorted([*(root / "sim").rglob("*.py"), *(root / "validate").rglob("*.py")]):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def point_key(point: PointSpec) -> str:
-    """Stable key of a fully resolved point under this hssim version."""
-    blob = f"{__version__}\n{point.model_dump_json()}".encode()
+    """Stable key of a fully resolved point under this hssim version and model code."""
+    blob = f"{model_fingerprint()}\n{point.model_dump_json()}".encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -119,6 +119,20 @@ def _hardware_from_profile(name: str) -> HardwareSpec | None:
     return spec.model_copy(update={"profile": str(Path(path).resolve())})
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' is given twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: Path) -> dict:
     source = str(path)
     try:
@@ -126,7 +140,7 @@ def load_yaml(path: Path) -> dict:
     except OSError as e:
         raise ScenarioError(source, "file", f"cannot read it ({e.strerror})", "check the path") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "file"
@@ -205,6 +219,12 @@ def points_from_mapping(data: Mapping, source: str, default_name: str) -> list[P
                 raise ScenarioError(source, f"{field}.kind", f"unknown policy '{kind_value}'",
                                     f"use one of: {', '.join(k.value for k in PolicyKind)}") from None
             reads = POLICY_PARAMS[kind] | COMMON_POLICY_PARAMS
+            ignored = sorted(k for k in pol if k != "kind" and k in PolicySpec.model_fields and k not in reads)
+            if ignored:
+                uses = ", ".join(sorted(POLICY_PARAMS[kind])) or "none"
+                raise ScenarioError(source, f"{field}.{ignored[0]}", f"the {kind.value} policy does not read it",
+                                    f"remove it (fields of {kind.value}: {uses}, plus the common block and "
+                                    "placement fields)")
             over = {a.split(".", 1)[1]: v for a, v in chosen.items()
                     if a.startswith("policy.") and a.split(".", 1)[1] in reads}
             merged = {**{k: v for k, v in defaults.items() if k in reads or k not in PolicySpec.model_fields},

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -56,6 +57,7 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._tail_checked = False
 
     def load(self) -> dict[str, dict[str, Any]]:
         rows: dict[str, dict[str, Any]] = {}
@@ -74,6 +76,10 @@ class Journal:
     def append(self, row: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = (json.dumps(row, allow_nan=True) + "\n").encode()
+        if not self._tail_checked:  # a line torn by a crash must not swallow the next one
+            self._tail_checked = True
+            if self._torn_tail():
+                data = b"\n" + data
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, data)
@@ -82,26 +88,66 @@ class Journal:
             os.close(fd)
 
 
+    def _torn_tail(self) -> bool:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(0, os.SEEK_END)
+                if f.tell() == 0:
+                    return False
+                f.seek(-1, os.SEEK_END)
+                return f.read(1) != b"\n"
+        except FileNotFoundError:
+            return False
+
+
+class ClusterUnreachable(RuntimeError):
+    """No Dask scheduler answers at the address given."""
+
+
+def _ignore_sigint() -> None:
+    """Workers leave Ctrl-C to the parent, which stops them (a terminal sends it to the whole group)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_pool(todo: list[PointSpec], jobs: int, emit: Callable[[dict], None]) -> list[PointSpec]:
+    """Run `todo` on a pool of `jobs` processes; return the points a broken pool left unrun.
+
+    Ctrl-C cancels what has not started and stops the workers at once, instead of
+    letting the pool finish every queued point whose result nobody would collect.
+    """
+    finished: set[str] = set()
+    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_ignore_sigint)
+    try:
+        futures = {pool.submit(simulate_row, p): p for p in todo}
+        for fut in as_completed(futures):
+            row = fut.result()
+            finished.add(row["point_key"])
+            emit(row)
+    except BrokenProcessPool:
+        return [p for p in todo if point_key(p) not in finished]
+    except BaseException:
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return []
+
+
 def _run_local(points: Sequence[PointSpec], jobs: int, emit: Callable[[dict], None]) -> None:
     if jobs == 1:
         for p in points:
             emit(simulate_row(p))
         return
-    todo = list(points)
-    for _attempt in range(3):  # a worker killed from outside breaks the pool: start a new one
-        finished: set[str] = set()
-        try:
-            with ProcessPoolExecutor(max_workers=jobs) as pool:
-                futures = {pool.submit(simulate_row, p): p for p in todo}
-                for fut in as_completed(futures):
-                    row = fut.result()
-                    finished.add(row["point_key"])
-                    emit(row)
-            return
-        except BrokenProcessPool:
-            todo = [p for p in todo if point_key(p) not in finished]
+    # A worker killed from outside breaks the pool: try the rest once more on a new pool,
+    # then one point per pool, so that a point that kills its worker fails alone.
+    todo = _run_pool(list(points), jobs, emit)
+    if todo:
+        todo = _run_pool(todo, jobs, emit)
     for p in todo:
-        emit(result_row(p, None, "failed: its worker process died three times", status="failed"))
+        if _run_pool([p], 1, emit):
+            emit(result_row(p, None, "its worker process died while simulating it (three times)",
+                            status="failed"))
 
 
 def _run_dask(points: Sequence[PointSpec], address: str, emit: Callable[[dict], None]) -> None:
@@ -109,7 +155,13 @@ def _run_dask(points: Sequence[PointSpec], address: str, emit: Callable[[dict], 
     from distributed import as_completed as dask_completed
     from distributed.client import FutureCancelledError
 
-    with Client(address) as client:
+    try:
+        client = Client(address, timeout="15s")
+    except (OSError, TimeoutError) as e:
+        raise ClusterUnreachable(f"--cluster {address}: no Dask scheduler answers ({type(e).__name__}); fix: "
+                                 "check the address, or start one with `hssim cluster` or `dask scheduler`, "
+                                 "or use --cluster local") from None
+    with client:
         futures = client.map(simulate_row, list(points), pure=False)
         by_future = dict(zip(futures, points, strict=True))
         for fut in dask_completed(futures):
@@ -117,6 +169,7 @@ def _run_dask(points: Sequence[PointSpec], address: str, emit: Callable[[dict], 
                 row = fut.result()
             except (FutureCancelledError, Exception) as e:  # noqa: BLE001 - e.g. KilledWorker
                 row = result_row(by_future[fut], None, f"{type(e).__name__}: {e}", status="failed")
+            row["point_key"] = point_key(by_future[fut])  # a worker's hssim may differ: the client's key rules
             emit(row)
 
 

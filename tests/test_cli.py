@@ -96,6 +96,11 @@ BAD = {
     "not a mapping": ("- 1\n- 2\n", "file", "mapping"),
     "bad axis": ("model: opt-1.3b\nhardware: t4-pcie3\nworkload: {batch: 1, prompt_len: 8, gen_len: 2}\n"
                  "policies: [{kind: kv-only}]\nsweep: {workload.size: [1]}\n", "sweep.workload.size", "axis"),
+    "field the policy ignores": ("model: opt-1.3b\nhardware: t4-pcie3\nworkload: {batch: 1, prompt_len: 8, gen_len: 2}\n"
+                                 "policies: [{kind: kv-only, kv_ratio: 0.5}]\n", "policies[0].kv_ratio", "remove"),
+    "key given twice": ("model: opt-1.3b\nhardware: t4-pcie3\nmodel: opt-6.7b\n"
+                        "workload: {batch: 1, prompt_len: 8, gen_len: 2}\npolicies: [{kind: kv-only}]\n",
+                        "line 3", "twice"),
     "does not fit": ("model: opt-175b\nhardware: t4-pcie3\nworkload: {batch: 8, prompt_len: 512, gen_len: 4}\n"
                      "policies: [{kind: kv-only}]\n", "host memory", "needs"),
 }
@@ -159,3 +164,14 @@ def test_a_calibrated_profile_can_be_named_like_a_preset(tmp_path):
 
     point = load_points([tmp_path / "s.yaml"])[0]
     assert point.hardware.profile and point.hardware.profile.endswith("cpu-amd-epyc-2cpu-1t.yaml")
+
+
+def test_sweep_refuses_bad_jobs_and_an_unreachable_cluster(tmp_path):
+    scen = write(tmp_path, "model: {preset: opt-1.3b, layers: 2}\nhardware: t4-pcie3\n"
+                           "workload: {batch: 2, prompt_len: 8, gen_len: 2}\npolicies: [{kind: kv-only}]\n")
+    res = invoke("sweep", scen, "--out", tmp_path / "o", "-j", "0")
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    res = invoke("sweep", scen, "--out", tmp_path / "o", "--cluster", "tcp://127.0.0.1:9", "--no-report")
+    assert res.exit_code == 2, res.output
+    assert "no Dask scheduler answers" in res.output and "fix:" in res.output
+    assert not (tmp_path / "o" / "results.parquet").exists()

@@ -81,6 +81,61 @@ def test_a_torn_journal_line_is_ignored(tmp_path, scenario):
         f.write(b'{"point_key": "abc", "status": "o')  # a crash mid-write
     df = run_sweep(points, out, jobs=1)
     assert len(df) == 3 and df["point_key"].is_unique
+    more = load_points([scenario])[:6]  # rows appended after the torn line must survive it
+    run_sweep(more, out, jobs=1)
+    assert len(Journal(out / JOURNAL).load()) == 6
+    assert len(run_sweep(more, out, jobs=1, on_done=lambda row: pytest.fail("recomputed a point"))) == 6
+
+
+def test_ctrl_c_stops_a_sweep_at_once_and_keeps_what_finished(tmp_path, scenario):
+    out = tmp_path / "out"
+    n_points = len(load_points([scenario]))
+    cmd = [sys.executable, "-m", "hssim.cli", "sweep", str(scenario), "--out", str(out), "--jobs", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    journal = out / JOURNAL
+    deadline = time.time() + 120
+    while time.time() < deadline and not (journal.exists() and len(journal.read_bytes().splitlines()) >= 2):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends: the sweep and its workers
+    t0 = time.time()
+    output, _ = proc.communicate(timeout=60)
+    stopped_s = time.time() - t0
+    assert proc.returncode == 2, output
+    assert b"interrupted" in output and b"Traceback" not in output
+    kept = len(Journal(journal).load())
+    assert 2 <= kept < n_points
+    assert stopped_s < 10, f"Ctrl-C took {stopped_s:.1f} s to stop the sweep"  # queued points are not run
+    res = CliRunner().invoke(main, ["sweep", str(scenario), "--out", str(out), "--jobs", "2", "--no-report"])
+    assert res.exit_code == 0 and f"{kept} reused" in res.output
+    check_complete(out, n_points)
+
+
+_POISON: dict[str, str] = {}
+
+
+def _simulate_or_die(point):
+    """simulate_row, except that the poisoned point kills its worker process."""
+    import hssim.sim.sweep as sweep_mod
+
+    if sweep_mod.point_key(point) == _POISON.get("key"):
+        os._exit(1)  # the worker dies, as on a segfault or the OOM killer
+    return _REAL_SIMULATE_ROW(point)
+
+
+_REAL_SIMULATE_ROW = __import__("hssim.sim.sweep", fromlist=["simulate_row"]).simulate_row
+
+
+def test_a_point_that_kills_its_worker_fails_alone(tmp_path, scenario, monkeypatch):
+    import hssim.sim.sweep as sweep_mod
+
+    points = load_points([scenario])[:8]
+    bad = sweep_mod.point_key(points[3])
+    monkeypatch.setitem(_POISON, "key", bad)
+    monkeypatch.setattr(sweep_mod, "simulate_row", _simulate_or_die)  # fork: the workers see it too
+    df = run_sweep(points, tmp_path / "o", jobs=2)
+    status = dict(zip(df["point_key"], df["status"], strict=True))
+    assert len(status) == 8 and status.pop(bad) == "failed"
+    assert set(status.values()) == {"ok"}
 
 
 def test_a_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path, scenario, monkeypatch):
