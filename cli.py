@@ -339,13 +339,19 @@ def point_options(fn):
               help="write a Chrome/Perfetto trace (.json): one track per stream")
 @click.option("--engine", type=click.Choice(["simpy", "list"]), default="simpy", show_default=True,
               help="SimPy replay, or the identical list-scheduling replay (faster)")
+@click.option("--layers", type=int, default=None,
+              help="simulate only the first K layers (real per-layer shapes), as `hssim measure --layers K` runs")
 @_fail_on_user_errors
 def run(scenario: str, policy: str | None, sets: tuple[str, ...], as_json: bool, timeline: str | None,
-        trace: str | None, engine: str) -> None:
+        trace: str | None, engine: str, layers: int | None) -> None:
     """Simulate one point of SCENARIO and print its metrics."""
-    from .sim.api import run_point
+    from .sim.api import run_point, scaled_point
 
-    point = one_point(scenario, policy, sets)
+    full = one_point(scenario, policy, sets)
+    try:
+        point = scaled_point(full, layers)
+    except ValueError as e:
+        raise UserError(f"{scenario}: {e}") from None
     try:
         pr = run_point(point, engine=engine)
     except MemoryPlanError as e:
@@ -357,10 +363,13 @@ def run(scenario: str, policy: str | None, sets: tuple[str, ...], as_json: bool,
 
         write_chrome_trace(pr.schedule, pr.result.timeline(), Path(trace),
                            meta={"executor": "sim", **metrics_json(point, {})})
+    scaled = {"layers_run": point.model.layers, "model_layers": full.model.layers,
+              "scaled": point.model.layers != full.model.layers}
     if as_json:
-        click.echo(json.dumps(metrics_json(point, pr.metrics, {"executor": "sim"})))
+        click.echo(json.dumps(metrics_json(full, pr.metrics, {"executor": "sim", **scaled})))
     else:
-        print_metrics(point, pr.metrics, f"{point.scenario}: {point.policy.label} (simulated)")
+        scale = f", first {point.model.layers} of {full.model.layers} layers" if scaled["scaled"] else ""
+        print_metrics(full, pr.metrics, f"{point.scenario}: {point.policy.label} (simulated{scale})")
 
 
 @main.command()

@@ -72,6 +72,22 @@ def run_point(point: PointSpec, cost: CostModel | None = None, engine: str = "si
     return PointRun(point, schedule, result, run_metrics(result))
 
 
+def scaled_point(point: PointSpec, layers: int | None) -> PointSpec:
+    """`point` with only the first `layers` layers of its model (the real per-layer shapes).
+
+    A 66B or 175B layer can so be simulated, or measured on one GPU, at its true size.
+    Raises ValueError when `layers` is not between 1 and the model's layer count.
+    """
+    if layers is None or layers == point.model.layers:
+        return point
+    if not 1 <= layers <= point.model.layers:
+        raise ValueError(f"--layers {layers}: the model has {point.model.layers} layers; "
+                         f"fix: use 1..{point.model.layers}")
+    model = point.model.model_copy(update={"layers": layers})
+    return PointSpec(scenario=point.scenario, model=model, hardware=point.hardware,
+                     workload=point.workload, policy=point.policy)
+
+
 def point_columns(point: PointSpec) -> dict[str, Any]:
     pol, wl = point.policy, point.workload
     return {

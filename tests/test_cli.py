@@ -96,7 +96,8 @@ BAD = {
     "not a mapping": ("- 1\n- 2\n", "file", "mapping"),
     "bad axis": ("model: opt-1.3b\nhardware: t4-pcie3\nworkload: {batch: 1, prompt_len: 8, gen_len: 2}\n"
                  "policies: [{kind: kv-only}]\nsweep: {workload.size: [1]}\n", "sweep.workload.size", "axis"),
-    "field the policy ignores": ("model: opt-1.3b\nhardware: t4-pcie3\nworkload: {batch: 1, prompt_len: 8, gen_len: 2}\n"
+    "field the policy ignores": ("model: opt-1.3b\nhardware: t4-pcie3\n"
+                                 "workload: {batch: 1, prompt_len: 8, gen_len: 2}\n"
                                  "policies: [{kind: kv-only, kv_ratio: 0.5}]\n", "policies[0].kv_ratio", "remove"),
     "key given twice": ("model: opt-1.3b\nhardware: t4-pcie3\nmodel: opt-6.7b\n"
                         "workload: {batch: 1, prompt_len: 8, gen_len: 2}\npolicies: [{kind: kv-only}]\n",
@@ -175,3 +176,14 @@ def test_sweep_refuses_bad_jobs_and_an_unreachable_cluster(tmp_path):
     assert res.exit_code == 2, res.output
     assert "no Dask scheduler answers" in res.output and "fix:" in res.output
     assert not (tmp_path / "o" / "results.parquet").exists()
+
+
+def test_run_layers_simulates_the_first_k_layers_at_full_size(tmp_path):
+    scen = write(tmp_path, "model: opt-6.7b\nhardware: a100-40gb-pcie4\n"
+                           "workload: {batch: 8, prompt_len: 64, gen_len: 3}\npolicies: [{kind: kv-only}]\n")
+    one = json.loads(invoke("run", scen, "--layers", "1", "--json", "--engine", "list").output.strip())
+    two = json.loads(invoke("run", scen, "--layers", "2", "--json", "--engine", "list").output.strip())
+    assert one["scaled"] and one["layers_run"] == 1 and one["model_layers"] == 32 and one["model"] == "opt-6.7b"
+    assert two["h2d_bytes"] == 2 * one["h2d_bytes"]  # the same layer twice: twice the weights and K,V
+    bad = invoke("run", scen, "--layers", "33")
+    assert bad.exit_code == 2 and "use 1..32" in bad.output
