@@ -11,11 +11,16 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import FixedLocator, FuncFormatter, PercentFormatter
+from matplotlib.patches import Patch
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, PercentFormatter
+from matplotlib.transforms import offset_copy
 
 from .results import (
     Skip,
+    baseline_name,
+    baseline_per_point,
     best_per_series,
+    duplicate_series,
     group_label,
     legend_label,
     lower_median,
@@ -28,11 +33,12 @@ from .results import (
 from .style import (
     COLUMN_IN,
     PAGE_IN,
-    SERIES_ORDER,
     Drawn,
     hide_unused,
+    legend_rank,
     new_figure,
     series_colour,
+    series_edge_colour,
     series_linestyle,
     series_marker,
     series_name,
@@ -59,18 +65,46 @@ def _figure_legend(fig: plt.Figure, axes: list[plt.Axes], ncol: int | None = Non
             if lab not in handles and not lab.startswith("_"):
                 handles[lab] = h
                 labels.append(lab)
-    labels.sort(key=_legend_rank)
-    if labels:
-        fig.legend([handles[lab] for lab in labels], labels, loc="outside lower center", ncol=ncol, frameon=False)
+    labels.sort(key=legend_rank)  # canonical series order; other entries (markers, unknown kinds) after
+    if not labels:
+        return
+    # matplotlib fills a legend column by column; pad to a full grid and transpose so that it reads
+    # row by row, in the canonical order (a paper's system next to its variants)
+    ncol = min(ncol, len(labels))
+    nrows = -(-len(labels) // ncol)
+    grid = labels + [""] * (nrows * ncol - len(labels))
+    ordered = [grid[r * ncol + c] for c in range(ncol) for r in range(nrows)]
+    blank = Patch(facecolor="none", edgecolor="none")
+    fig.legend([handles[lab] if lab else blank for lab in ordered], ordered, loc="outside lower center",
+               ncol=ncol, frameon=False)
 
 
-def _legend_rank(label: str) -> int:
-    """Legend entries in the canonical series order; other entries (markers, unknown kinds) after them."""
-    for i, series in enumerate(SERIES_ORDER):
-        name = series_name(series)
-        if label == name or label.startswith(name + ","):
-            return i
-    return len(SERIES_ORDER)
+def _duplicates_note(dups: dict[tuple[str, str], list[str]], panels: int) -> list[str]:
+    """'Left out' lines for series dropped from some panels because their run is another series' run."""
+    out = []
+    for (series, same), where in dups.items():
+        place = "in every panel" if len(where) == panels else "in " + "; ".join(where)
+        out.append(f"{series_name(series)} {place}: its best configuration is {series_name(same)}'s very run "
+                   f"at every point there (e.g. recomputing nothing, r = 1), so its line would hide under that one")
+    return out
+
+
+def _coincident(curves: list[tuple[str, np.ndarray, np.ndarray]], rtol: float = 0.01) -> set[str]:
+    """Series whose line a later-drawn one covers (same x, every y within `rtol`): drawn wider, to show."""
+    under = set()
+    for i, (series, x, y) in enumerate(curves):
+        for _, x2, y2 in curves[i + 1:]:
+            if len(x) == len(x2) and np.array_equal(x, x2) and np.allclose(y, y2, rtol=rtol):
+                under.add(series)
+    return under
+
+
+def _plot_series(ax: plt.Axes, x, y, series: str, label: str, wide: bool = False, **kwargs) -> None:
+    """One series' line; `wide` draws it thicker with larger markers, to show around a line drawn over it."""
+    ax.plot(x, y, label=label, color=series_colour(series), marker=series_marker(series),
+            markeredgecolor=series_edge_colour(series), markeredgewidth=0.5,
+            linestyle=series_linestyle(series), **({"linewidth": 3.0, "markersize": 7.5} if wide else {}),
+            **kwargs)
 
 
 def _panel_grid(n: int, width_in: float) -> tuple[int, int]:
@@ -103,13 +137,23 @@ def throughput_vs_prompt(df: pd.DataFrame) -> Drawn:
     ncols, nrows = _panel_grid(len(sweeps), width)
     fig, axes = new_figure(ncols, nrows, width_in=width, panel_height_in=1.8)
     multi_batch = best.groupby(["model", "hardware"])["batch"].nunique().max() > 1 if "batch" in best else False
+    multi_scenario = "scenario" in site and best["scenario"].nunique() > 1
+    dups: dict[tuple[str, str], list[str]] = {}
+    wide_any = False
     for ax, key in zip(axes, sweeps, strict=False):
         sel = dict(zip(site, key, strict=True))
         grp = best.loc[(best[site] == pd.Series(sel)).all(axis=1)]
-        for series in _ordered(grp["series"]):
-            s = grp[grp["series"] == series].sort_values("prompt_len")
-            ax.plot(s["prompt_len"], s["throughput_tok_s"], label=legend_label(series, notes_by_series[series]),
-                    color=series_colour(series), marker=series_marker(series), linestyle=series_linestyle(series))
+        for series, same in duplicate_series(grp).items():  # its line would lie exactly on another's
+            dups.setdefault((series, same), []).append(" · ".join(str(sel[c]) for c in ("scenario", "model")
+                                                                   if c in sel))
+            grp = grp[grp["series"] != series]
+        curves = [(series, s["prompt_len"].to_numpy(), s["throughput_tok_s"].to_numpy())
+                  for series in _ordered(grp["series"])
+                  for s in [grp[grp["series"] == series].sort_values("prompt_len")]]
+        wide = _coincident(curves)
+        wide_any |= bool(wide)
+        for series, x, y in curves:
+            _plot_series(ax, x, y, series, legend_label(series, notes_by_series[series]), wide=series in wide)
         prompts = sorted(grp["prompt_len"].unique())
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_locator(FixedLocator(prompts))
@@ -117,6 +161,8 @@ def throughput_vs_prompt(df: pd.DataFrame) -> Drawn:
         ax.xaxis.set_minor_locator(FixedLocator([]))
         ax.set_ylim(bottom=0)
         title = f"{sel.get('model', '')} · {sel.get('hardware', '')}"
+        if multi_scenario:
+            title = f"{sel['scenario']}\n{title}"
         if multi_batch:
             title += f" · batch {sel['batch']}"
         ax.set_title(title)
@@ -124,7 +170,9 @@ def throughput_vs_prompt(df: pd.DataFrame) -> Drawn:
         ax.set_ylabel("throughput (tokens/s)")
     hide_unused(axes, len(sweeps))
     _figure_legend(fig, axes)
-    return Drawn(fig, notes)
+    if wide_any:
+        notes.append("a wide line under a narrow one marks two policies within 1% of each other at every prompt")
+    return Drawn(fig, notes, _duplicates_note(dups, len(sweeps)))
 
 
 # ---------------------------------------------------------------- latency vs recomputation ratio
@@ -139,8 +187,46 @@ def _ratio_workload(grp: pd.DataFrame, wl: list[str]) -> tuple:
     return tuple(counts.iloc[0][wl])
 
 
+def _baseline_words(keys) -> str:
+    """'KV-only', 'FlexGen', or both when the points differ, for captions."""
+    names = [baseline_name(k) for k in dict.fromkeys(keys) if isinstance(k, str)]
+    if not names:
+        return "the baseline"
+    return names[0] if len(names) == 1 else "KV-only where it ran, else FlexGen"
+
+
+def _label_optima(ax: plt.Axes, optima: list[tuple[str, float, float]]) -> None:
+    """Write 'latency× at ratio' under each optimum; labels of optima at nearby ratios stack in one column.
+
+    Optima within 0.4 of one another on the x-axis form a cluster; its labels hang below the
+    cluster's lowest optimum, one line each, in order of latency.
+    """
+    clusters: list[list[tuple[str, float, float]]] = []
+    for opt in sorted(optima, key=lambda o: o[1]):
+        if clusters and opt[1] - clusters[-1][0][1] < 0.4:
+            clusters[-1].append(opt)
+        else:
+            clusters.append([opt])
+    for cluster in clusters:
+        x0 = min(o[1] for o in cluster)
+        y0 = min(o[2] for o in cluster)
+        right = x0 < 0.5
+        for k, (series, x, y) in enumerate(sorted(cluster, key=lambda o: o[2])):
+            place = offset_copy(ax.transData, fig=ax.figure, x=5 if right else -5, y=-5 - 7.5 * k, units="points")
+            ax.annotate(f"{y:.2f}× at {x:.2f}", (x, y), xytext=(x0, y0), textcoords=place,
+                        ha="left" if right else "right", va="top", fontsize=6, zorder=4,
+                        color=series_edge_colour(series), gid=f"optimum-label:{series}",
+                        bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none",
+                              "alpha": 0.85})
+
+
 def latency_vs_recompute_ratio(df: pd.DataFrame) -> Drawn:
-    """Token latency normalised to no recomputation against 1 - r, one panel per model (HybridServe Fig. 4)."""
+    """Token latency normalised to no recomputation against 1 - r, one panel per model (HybridServe Fig. 4).
+
+    The reference is the baseline at the panel's point (KV-only, else FlexGen, see
+    `baseline_per_point`), or, where neither ran, each policy's own r = 1 point; the
+    y-axis label says which.
+    """
     ok = ok_rows(df, ["kv_ratio", "token_latency_s"])
     wl = workload_columns(ok)
     swept = ok.groupby([*wl, "series"], dropna=False)["kv_ratio"].transform("nunique") >= 2
@@ -148,55 +234,69 @@ def latency_vs_recompute_ratio(df: pd.DataFrame) -> Drawn:
     if ratio.empty:
         raise Skip("no kv_ratio sweep: no policy has two or more kv_ratio values at one workload point")
     notes: list[str] = []
-    sites = list(ratio.groupby(["model", "hardware"], sort=False).groups)
+    multi_scenario = ratio["scenario"].nunique() > 1
+    site_cols = ["scenario", "model", "hardware"] if multi_scenario else ["model", "hardware"]
+    sites = list(ratio.groupby(site_cols, sort=False).groups)
     sites = _panels(sites, notes, "(model, hardware) pairs with a kv_ratio sweep")
+    base = baseline_per_point(ok, "token_latency_s", lower_is_better=True)
     panels = []
-    for model, hardware in sites:
-        grp = ratio[(ratio["model"] == model) & (ratio["hardware"] == hardware)]
+    for site in sites:
+        grp = ratio[(ratio[site_cols] == pd.Series(dict(zip(site_cols, site, strict=True)))).all(axis=1)]
         key = _ratio_workload(grp, wl)
-        at = (ok[wl] == pd.Series(dict(zip(wl, key, strict=True)))).all(axis=1)
-        base_rows = ok[at & (ok["series"] == "kv-only")]
         point = pd.Series(dict(zip(wl, key, strict=True)))
-        panels.append((model, hardware, point.to_dict(), grp[(grp[wl] == point).all(axis=1)],
-                       base_rows["token_latency_s"].min() if len(base_rows) else np.nan))
+        found = base.loc[[key]] if key in base.index else None
+        ref = (found["baseline"].iloc[0], float(found["baseline_value"].iloc[0])) if found is not None else None
+        panels.append((point.to_dict(), grp[(grp[wl] == point).all(axis=1)], ref))
     width = COLUMN_IN if len(panels) == 1 else PAGE_IN
     ncols, nrows = _panel_grid(len(panels), width)
-    fig, axes = new_figure(ncols, nrows, width_in=width, panel_height_in=1.8)
-    for ax, (model, hardware, point, rows, base_s) in zip(axes, panels, strict=False):
+    fig, axes = new_figure(ncols, nrows, width_in=width, panel_height_in=1.9 if multi_scenario else 1.8)
+    ylabels = []
+    for ax, (point, rows, ref) in zip(axes, panels, strict=False):
         ax.axhline(1.0, color="0.4", linewidth=0.7, linestyle=":", zorder=1)
+        optima: list[tuple[str, float, float]] = []
         for series in _ordered(rows["series"]):
             s = rows[rows["series"] == series].groupby("kv_ratio", as_index=False)["token_latency_s"].min()
             s = s.sort_values("kv_ratio", ascending=False)
-            base = base_s
-            if not np.isfinite(base):  # no kv-only run here: the series' own r = 1 point
+            if ref is not None:
+                ref_s = ref[1]
+            else:  # neither KV-only nor FlexGen ran here: the series' own r = 1 point
                 own = s.loc[s["kv_ratio"] == 1.0, "token_latency_s"]
-                base = own.iloc[0] if len(own) else np.nan
-            if not np.isfinite(base):
-                notes.append(f"{model}: {series_name(series)} has neither a kv-only run nor r = 1; left out")
+                ref_s = own.iloc[0] if len(own) else np.nan
+            if not np.isfinite(ref_s):
+                notes.append(f"{point['model']}: {series_name(series)} has no baseline run and no r = 1; left out")
                 continue
-            x, y = 1.0 - s["kv_ratio"].to_numpy(), s["token_latency_s"].to_numpy() / base
+            x, y = 1.0 - s["kv_ratio"].to_numpy(), s["token_latency_s"].to_numpy() / ref_s
             colour = series_colour(series)
-            ax.plot(x, y, label=series_name(series), color=colour, marker=series_marker(series),
-                    linestyle=series_linestyle(series), zorder=2)
+            _plot_series(ax, x, y, series, series_name(series), zorder=2)
             i = int(np.argmin(y))
             ax.plot([x[i]], [y[i]], marker="*", markersize=9, color=colour, markeredgecolor="black",
                     markeredgewidth=0.6, linestyle="none", zorder=3, label="_optimum", gid=f"optimum:{series}")
             if y[i] < 1.0 - 1e-6:  # recomputation pays off: say by how much, and where
-                right = x[i] < 0.5
-                ax.annotate(f"{y[i]:.2f}× at {x[i]:.2f}", (x[i], y[i]), xytext=(5 if right else -5, -6),
-                            textcoords="offset points", ha="left" if right else "right", va="top", fontsize=6,
-                            color=colour)
+                optima.append((series, float(x[i]), float(y[i])))
+        _label_optima(ax, optima)
+        annotated = optima
         ax.set_xlim(-0.05, 1.05)
         lo, hi = ax.get_ylim()
-        ax.set_ylim(min(lo, 0.9) - 0.1 * (hi - lo), hi)
-        ax.set_title(f"{model} · {hardware}\nbatch {point.get('batch', '?')}, prompt {point.get('prompt_len', '?')}")
+        ax.set_ylim(min(lo, 0.9) - (0.1 + 0.06 * max(len(annotated) - 1, 0)) * (hi - lo), hi)
+        title = f"{point['model']} · {point['hardware']}"
+        if multi_scenario:
+            title = f"{point['scenario']}\n{title}"
+        ax.set_title(f"{title}\nbatch {point.get('batch', '?')}, prompt {point.get('prompt_len', '?')}")
         ax.set_xlabel("recomputation ratio 1 − r")
-        ax.set_ylabel("token latency (× KV-only)" if ax.get_subplotspec().is_first_col() else "")
+        ylabels.append(f"token latency (× {baseline_name(ref[0])})" if ref is not None
+                       else "token latency (× own r = 1)")
+    one_label = len(set(ylabels)) == 1
+    for ax, label in zip(axes, ylabels, strict=False):
+        ax.set_ylabel(label if not one_label or ax.get_subplotspec().is_first_col() else "")
     hide_unused(axes, len(panels))
     axes[0].plot([], [], marker="*", markersize=9, color="white", markeredgecolor="black", markeredgewidth=0.6,
                  linestyle="none", label="optimum (lowest latency)")
     _figure_legend(fig, axes)
-    return Drawn(fig, notes)
+    refs = [ref[0] for _, _, ref in panels if ref is not None]
+    words = _baseline_words(refs)
+    if len(refs) < len(panels):
+        words = (words + ", else " if refs else "") + "each policy's own r = 1 (no recomputation)"
+    return Drawn(fig, notes, fields={"baseline": words})
 
 
 # -------------------------------------------------------------------- grouped bars per policy
@@ -222,7 +322,10 @@ def _draw_grouped(ax: plt.Axes, rows: pd.DataFrame, value: str, scale: float = 1
         if text is not None:
             labels = [text(s.loc[g]) for g in groups if g in s.index]
             if text_inside:
-                ax.bar_label(bars, labels=labels, rotation=90, fontsize=5.5, label_type="center", color="white")
+                r, g, b = series_colour(series)[:3]
+                light = 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.55  # dark text on pale bars
+                ax.bar_label(bars, labels=labels, rotation=90, fontsize=5.5, label_type="center",
+                             color="0.15" if light else "white")
             else:
                 ax.bar_label(bars, labels=labels, rotation=90, fontsize=5.5, padding=1.5, label_type="edge")
     ax.set_xticks(range(len(groups)), groups)
@@ -249,59 +352,140 @@ def _per_policy_rows(df: pd.DataFrame, needs: list[str]) -> tuple[pd.DataFrame, 
     return rows, notes
 
 
-def _fmt_speedup(row: pd.Series) -> str:
-    v = row["speedup_vs_kv_only"]
-    return f"{v:.2f}×" if np.isfinite(v) else ""
+def _fmt_speedup(row: pd.Series, with_baseline: bool = False) -> str:
+    v = row["speedup"]
+    if not np.isfinite(v):
+        return ""
+    return f"{v:.2f}× {baseline_name(row['baseline'])}" if with_baseline else f"{v:.2f}×"
 
 
 def throughput_bars(df: pd.DataFrame) -> Drawn:
-    """Throughput per model and policy, grouped bars, speed-up over KV-only written on each bar."""
+    """Throughput per model and policy, grouped bars, speed-up over the baseline written on each bar.
+
+    The baseline is KV-only where it ran, else FlexGen (`baseline_per_point`); the y-axis
+    label names it, or, when one panel's points have different baselines, every bar does.
+    """
     rows, notes = _per_policy_rows(df, ["throughput_tok_s"])
-    panels = list(rows.groupby(["scenario", "hardware"], sort=False).groups)
-    panels = _panels(panels, notes, "(scenario, hardware) panels")
+    panels = _scenario_panels(rows, notes)
     width = COLUMN_IN if len(panels) == 1 else PAGE_IN
     ncols, nrows = _panel_grid(len(panels), width)
     fig, axes = new_figure(ncols, nrows, width_in=width, panel_height_in=2.0)
-    for ax, (scenario, hardware) in zip(axes, panels, strict=False):
-        sub = rows[(rows["scenario"] == scenario) & (rows["hardware"] == hardware)].copy()
-        sub["_group"] = [group_label(r, multi_hardware=False) for _, r in sub.iterrows()]
-        sub.attrs = rows.attrs
-        _draw_grouped(ax, sub, "throughput_tok_s", text=_fmt_speedup)
-        ax.set_ylim(0, ax.get_ylim()[1] * 1.22)  # room for the speed-up labels
-        ax.set_title(f"{scenario} · {hardware}")
-        ax.set_ylabel("throughput (tokens/s)")
+    for ax, (title, sub) in zip(axes, panels, strict=False):
+        bases = list(dict.fromkeys(sub["baseline"].dropna()))
+        mixed = len(bases) > 1
+        _draw_grouped(ax, sub, "throughput_tok_s", text=lambda r, m=mixed: _fmt_speedup(r, m))
+        ax.set_ylim(0, ax.get_ylim()[1] * (1.45 if mixed else 1.22))  # room for the speed-up labels
+        ax.set_title(title)
+        over = f"\nlabels: speed-up × {baseline_name(bases[0])}" if len(bases) == 1 else ""
+        ax.set_ylabel("throughput (tokens/s)" + over)
     hide_unused(axes, len(panels))
-    if rows["speedup_vs_kv_only"].isna().all():
-        notes.append("no kv-only run at these points: no speed-ups written")
+    if rows["speedup"].isna().all():
+        notes.append("neither KV-only nor FlexGen ran at these points: no speed-ups written")
+    elif rows["speedup"].isna().any():
+        notes.append("no speed-up on panels where neither KV-only nor FlexGen ran")
     _figure_legend(fig, axes)
-    return Drawn(fig, notes)
+    return Drawn(fig, notes, fields={"baseline": _baseline_words(rows["baseline"].dropna())})
 
 
 # ------------------------------------------------------------ utilisation and traffic per policy
 
 
+def _scenario_panels(rows: pd.DataFrame, notes: list[str]) -> list[tuple[str, pd.DataFrame]]:
+    """Per-policy rows split into one panel per (scenario, hardware), titled, with per-panel tick labels.
+
+    A prompt length shared by a panel's every group goes into its title, not onto each tick.
+    """
+    keys = list(rows.groupby(["scenario", "hardware"], sort=False).groups)
+    keys = _panels(keys, notes, "(scenario, hardware) panels")
+    out = []
+    for scenario, hardware in keys:
+        sub = rows[(rows["scenario"] == scenario) & (rows["hardware"] == hardware)].copy()
+        title = f"{scenario}\n{hardware}"
+        one_prompt = "prompt_len" in sub and sub["prompt_len"].nunique() == 1
+        if one_prompt:
+            title += f", prompt {int(sub['prompt_len'].iloc[0])}"
+        sub["_group"] = [group_label(r.drop("prompt_len") if one_prompt else r, multi_hardware=False)
+                         for _, r in sub.iterrows()]
+        sub.attrs = rows.attrs
+        out.append((title, sub))
+    return out
+
+
+def _traffic_axis(ax: plt.Axes, rows: pd.DataFrame, long: bool = True) -> bool:
+    """Host<->GPU bytes as grouped bars in the unit that suits them; log scale when they span decades."""
+    unit, scale = byte_unit(rows["link_bytes"].max())
+    _draw_grouped(ax, rows, "link_bytes", scale=scale)
+    positive = rows.loc[rows["link_bytes"] > 0, "link_bytes"]
+    log = bool(len(positive) and positive.max() > 20 * positive.min())  # orders of magnitude apart
+    if log:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.set_ylabel(f"host↔GPU traffic\n({unit}, H2D + D2H{', log' if log else ''})" if long
+                  else f"H2D + D2H ({unit}{', log' if log else ''})")
+    return log
+
+
+def _busy_axis(ax: plt.Axes, rows: pd.DataFrame, long: bool = True) -> None:
+    _draw_grouped(ax, rows, "gpu_busy", scale=100.0)
+    ax.set_ylim(0, 100)
+    ax.yaxis.set_major_formatter(PercentFormatter())
+    ax.set_ylabel("GPU busy (% of run)" if long else "GPU busy")
+    ax.tick_params(labelbottom=False)
+
+
+def _scale_words(logs: list[bool]) -> str:
+    if all(logs):
+        return "log scale"
+    if not any(logs):
+        return "linear scale"
+    return "log scale where a panel's traffic spans more than 20×, else linear"
+
+
 def utilisation_traffic(df: pd.DataFrame) -> Drawn:
-    """GPU busy fraction (top) and host<->GPU bytes (bottom, log scale when they span decades), per policy."""
+    """GPU busy fraction (top) and host<->GPU bytes (bottom, log scale when they span decades), per policy.
+
+    One pair of panels per (scenario, hardware) when the results hold several.
+    `fields["traffic_scale"]` says which scale the traffic panels took, for the caption.
+    """
     rows, notes = _per_policy_rows(df, ["gpu_busy", "h2d_bytes", "d2h_bytes"])
     rows["link_bytes"] = rows["h2d_bytes"] + rows["d2h_bytes"]
-    n_groups = rows["_group"].nunique()
-    fig, axes = new_figure(1, 2, width_in=COLUMN_IN if n_groups <= 2 else PAGE_IN, panel_height_in=1.7,
-                           sharex=True)
-    _draw_grouped(axes[0], rows, "gpu_busy", scale=100.0)
-    axes[0].set_ylim(0, 100)
-    axes[0].yaxis.set_major_formatter(PercentFormatter())
-    axes[0].set_ylabel("GPU busy (% of run)")
-    unit, scale = ("GB", 1e-9) if rows["link_bytes"].max() >= 1e9 else ("MB", 1e-6)
-    _draw_grouped(axes[1], rows, "link_bytes", scale=scale)
-    positive = rows.loc[rows["link_bytes"] > 0, "link_bytes"]
-    if len(positive) and positive.max() > 20 * positive.min():  # orders of magnitude apart: log scale
-        axes[1].set_yscale("log")
-        axes[1].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        axes[1].yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-    axes[1].set_ylabel(f"host↔GPU traffic\n({unit}, H2D + D2H)")
-    axes[0].tick_params(labelbottom=False)
+    panels = _scenario_panels(rows, notes)
+    if len(panels) == 1:
+        n_groups = rows["_group"].nunique()
+        fig, axes = new_figure(1, 2, width_in=COLUMN_IN if n_groups <= 2 else PAGE_IN, panel_height_in=1.7,
+                               sharex=True)
+        _busy_axis(axes[0], panels[0][1])
+        axes[0].set_title(panels[0][0].replace("\n", " · "))
+        logs = [_traffic_axis(axes[1], panels[0][1])]
+        _figure_legend(fig, axes)
+        return Drawn(fig, notes, fields={"traffic_scale": _scale_words(logs)})
+    ncols, nrows = _panel_grid(len(panels), PAGE_IN)
+    fig, axes = new_figure(ncols, 2 * nrows, width_in=PAGE_IN, panel_height_in=1.2)
+    logs = []
+    for i, (title, sub) in enumerate(panels):
+        row, col = divmod(i, ncols)
+        top, bottom = axes[2 * row * ncols + col], axes[(2 * row + 1) * ncols + col]
+        bottom.sharex(top)
+        _busy_axis(top, sub, long=False)
+        top.set_title(title)
+        logs.append(_traffic_axis(bottom, sub, long=False))
+    for i in range(len(panels), nrows * ncols):
+        row, col = divmod(i, ncols)
+        axes[2 * row * ncols + col].set_visible(False)
+        axes[(2 * row + 1) * ncols + col].set_visible(False)
+    fig.align_ylabels(axes)
     _figure_legend(fig, axes)
-    return Drawn(fig, notes)
+    return Drawn(fig, notes, fields={"traffic_scale": _scale_words(logs)})
+
+
+def byte_unit(largest: float) -> tuple[str, float]:
+    """The unit a byte axis reads in, so that its numbers stay below about a thousand, and its scale."""
+    for unit, scale in (("TB", 1e-12), ("GB", 1e-9), ("MB", 1e-6)):
+        if largest >= 1 / scale:
+            return unit, scale
+    return "kB", 1e-3
 
 
 # --------------------------------------------------------------------------- distance to bound
@@ -312,18 +496,34 @@ def _binding_resource(row: pd.Series) -> str:
     return max(busy, key=busy.get) if busy else ""
 
 
-def bound_distance(df: pd.DataFrame) -> Drawn:
-    """Throughput as a fraction of the busiest-resource bound, per policy; the binding resource on the bar."""
-    rows, notes = _per_policy_rows(df, ["throughput_tok_s", "bound_tok_s"])
-    rows["bound_fraction"] = rows["throughput_tok_s"] / rows["bound_tok_s"]
-    n_groups = rows["_group"].nunique()
-    fig, axes = new_figure(1, 1, width_in=COLUMN_IN if n_groups <= 2 else PAGE_IN, panel_height_in=2.0)
-    ax = axes[0]
+def _bound_axis(ax: plt.Axes, rows: pd.DataFrame) -> None:
     _draw_grouped(ax, rows, "bound_fraction", scale=100.0, text=_binding_resource, text_inside=True)
     ax.set_ylim(0, 105)
     ax.axhline(100, color="0.4", linewidth=0.7, linestyle=":")
     ax.yaxis.set_major_formatter(PercentFormatter())
     ax.set_yticks(range(0, 101, 20))
     ax.set_ylabel("throughput / bound (%)")
+
+
+def bound_distance(df: pd.DataFrame) -> Drawn:
+    """Throughput as a fraction of the busiest-resource bound, per policy; the binding resource on the bar.
+
+    One panel per (scenario, hardware) when the results hold several.
+    """
+    rows, notes = _per_policy_rows(df, ["throughput_tok_s", "bound_tok_s"])
+    rows["bound_fraction"] = rows["throughput_tok_s"] / rows["bound_tok_s"]
+    panels = _scenario_panels(rows, notes)
+    if len(panels) == 1:
+        n_groups = rows["_group"].nunique()
+        fig, axes = new_figure(1, 1, width_in=COLUMN_IN if n_groups <= 2 else PAGE_IN, panel_height_in=2.0)
+        _bound_axis(axes[0], panels[0][1])
+        axes[0].set_title(panels[0][0].replace("\n", " · "))
+    else:
+        ncols, nrows = _panel_grid(len(panels), PAGE_IN)
+        fig, axes = new_figure(ncols, nrows, width_in=PAGE_IN, panel_height_in=1.9)
+        for ax, (title, sub) in zip(axes, panels, strict=False):
+            _bound_axis(ax, sub)
+            ax.set_title(title)
+        hide_unused(axes, len(panels))
     _figure_legend(fig, axes)
     return Drawn(fig, notes)

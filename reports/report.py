@@ -31,13 +31,15 @@ FIGURES = [
     FigureDef("throughput_vs_prompt", "Throughput (generated tokens / (prefill + decode time)) against prompt "
               "length, one line per policy at its best configuration (cf. HybridServe Fig. 3).",
               figures.throughput_vs_prompt),
-    FigureDef("latency_vs_recompute_ratio", "Per-token decode latency normalised to KV-only (no recomputation) "
-              "against the recomputation ratio 1 − r, one panel per model; the star marks each policy's "
-              "optimum (cf. HybridServe Fig. 4).", figures.latency_vs_recompute_ratio),
+    FigureDef("latency_vs_recompute_ratio", "Per-token decode latency relative to {baseline}, which "
+              "recomputes nothing, against the recomputation ratio 1 − r, one panel per model; the star marks "
+              "each policy's optimum, labelled where it beats the reference (cf. HybridServe Fig. 4).",
+              figures.latency_vs_recompute_ratio),
     FigureDef("throughput_bars", "Throughput per model and policy (best configuration each); the number on a "
-              "bar is its speed-up over the best KV-only configuration at that point.", figures.throughput_bars),
-    FigureDef("utilisation_traffic", "GPU busy fraction (top) and host↔GPU bytes moved, H2D + D2H (bottom, log "
-              "scale), per policy at its best configuration.", figures.utilisation_traffic),
+              "bar is its speed-up over the best configuration of {baseline} at that point (either attention "
+              "placement), named in the axis label.", figures.throughput_bars),
+    FigureDef("utilisation_traffic", "GPU busy fraction (top) and host↔GPU bytes moved, H2D + D2H (bottom, "
+              "{traffic_scale}), per policy at its best configuration.", figures.utilisation_traffic),
     FigureDef("bound_distance", "Throughput as a fraction of the busiest-resource bound (the time the busiest "
               "engine alone needs); the label names that engine.", figures.bound_distance),
     FigureDef("gantt_decode_step", "One decode step of the smallest feasible point of the first scenario: "
@@ -55,6 +57,8 @@ class Report:
     paths: list[Path] = field(default_factory=list)
     captions: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    #: figure name -> series it drew without (e.g. one whose run is another's)
+    left_out: dict[str, list[str]] = field(default_factory=dict)
 
 
 def build_report(results: pd.DataFrame | str | Path, out_dir: str | Path,
@@ -64,6 +68,7 @@ def build_report(results: pd.DataFrame | str | Path, out_dir: str | Path,
     out = Path(out_dir)
     rep = Report()
     runs_or_reason: tuple[list, list[str]] | str | None = None
+    run_left_out: list[str] = []
     for fd in FIGURES:
         if only is not None and fd.name not in only:
             continue
@@ -71,7 +76,9 @@ def build_report(results: pd.DataFrame | str | Path, out_dir: str | Path,
             if fd.needs_runs:
                 if runs_or_reason is None:
                     try:
-                        runs_or_reason = timeline.resimulate(timeline.pick_timeline_rows(df))
+                        picked = timeline.pick_timeline_rows(df)
+                        runs_or_reason = timeline.resimulate(picked)
+                        run_left_out = list(picked.attrs.get("left_out", []))
                     except Skip as e:
                         runs_or_reason = str(e)
                 if isinstance(runs_or_reason, str):
@@ -79,13 +86,17 @@ def build_report(results: pd.DataFrame | str | Path, out_dir: str | Path,
                 runs, run_notes = runs_or_reason
                 drawn = fd.build(runs)
                 drawn.notes.extend(run_notes)
+                drawn.left_out.extend(run_left_out)
             else:
                 drawn = fd.build(df)
         except Skip as e:
             rep.skipped[fd.name] = str(e)
             continue
         rep.paths += save_figure(drawn.fig, out / "figures", fd.name)
-        rep.captions[fd.name] = fd.caption + "".join(f" Note: {n}." for n in drawn.notes)
+        caption = fd.caption.format_map(_Fields(drawn.fields))
+        rep.captions[fd.name] = caption + "".join(f" Note: {n}." for n in drawn.notes)
+        if drawn.left_out:
+            rep.left_out[fd.name] = drawn.left_out
     for name, (build, _) in TABLES.items():
         try:
             rep.paths += write_table(build(df), out / "tables", name)
@@ -93,6 +104,13 @@ def build_report(results: pd.DataFrame | str | Path, out_dir: str | Path,
             rep.skipped[f"table {name}"] = str(e)
     rep.paths.append(_write_index(out, df, rep))
     return rep
+
+
+class _Fields(dict):
+    """Caption words a figure did not supply read as generic words, not as an error."""
+
+    def __missing__(self, key: str) -> str:
+        return {"baseline": "the baseline", "traffic_scale": "linear or log scale"}.get(key, key)
 
 
 def _write_index(out: Path, df: pd.DataFrame, rep: Report) -> Path:
@@ -107,9 +125,10 @@ def _write_index(out: Path, df: pd.DataFrame, rep: Report) -> Path:
     for name, (_, desc) in TABLES.items():
         if f"table {name}" not in rep.skipped:
             lines.append(f"- [{name}.md](tables/{name}.md) / [{name}.csv](tables/{name}.csv): {desc}")
-    if rep.skipped:
+    if rep.skipped or rep.left_out:
         lines += ["", "## Left out", ""]
         lines += [f"- {name}: {reason}" for name, reason in rep.skipped.items()]
+        lines += [f"- {name}, {what}" for name, whats in rep.left_out.items() for what in whats]
     summary = out / "tables" / "summary.md"
     if summary.is_file():
         lines += ["", "## Summary", "", summary.read_text()]

@@ -1,10 +1,14 @@
 """Read a sweep's results table and pick what the figures compare.
 
-A *series* is what a figure legend names: a policy kind, split by CPU attention
-(FlexGen's variant). Several configurations of one series at one workload point
-(a kv_ratio sweep, other block shapes) collapse to the one with the highest
-throughput, and the legend says so ("best r"). Unknown policy kinds and extra
-columns pass through untouched.
+A *series* is what a figure legend names: a policy kind, split by the variants
+the papers plot as separate systems (CPU attention for KV-only and FlexGen,
+naive mini-batches for HybridServe, the per-step or a fixed split for KVPR,
+pinned K,V for FlexGen, no step barrier for HybridServe and KVPR). Several
+configurations of one series at one workload point (a kv_ratio sweep, other block
+shapes) collapse to the one with the highest throughput, and the legend says so
+("best r"). Speed-ups are over a *baseline*: KV-only where it ran at that point,
+else FlexGen (the better attention placement of each). Unknown policy kinds and
+extra columns pass through untouched.
 """
 
 from __future__ import annotations
@@ -21,7 +25,12 @@ from ..sim.sweep import GROUP_COLUMNS
 REQUIRED_COLUMNS = ["scenario", "model", "hardware", "policy", "status", "throughput_tok_s"]
 #: policy parameters that may take several values per series at one workload point
 CONFIG_COLUMNS = ["kv_ratio", "gpu_batch_size", "num_gpu_batches", "weights_gpu_percent", "cache_gpu_percent",
-                  "pinned"]
+                  "pinned", "cache_pinned", "block_tokens", "mini_batching", "split_tokens", "split_rule",
+                  "step_barrier"]
+#: baseline series in order of preference (the first that ran at a point is used) and their names
+BASELINES = {"kv-only": ("kv-only", "kv-only cpu-attn"), "flexgen": ("flexgen", "flexgen cpu-attn")}
+#: metrics that must all match for two series' points to count as the same run
+SAME_RUN_COLUMNS = ["throughput_tok_s", "token_latency_s", "h2d_bytes", "d2h_bytes", "gpu_busy", "makespan_s"]
 FIX = "fix: pass the results.parquet or results.csv that `hssim sweep --out DIR` wrote"
 
 
@@ -69,13 +78,38 @@ def load_results(source: pd.DataFrame | str | Path) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+def _flag(df: pd.DataFrame, column: str, default: bool) -> pd.Series:
+    """A boolean column read from parquet (bool) or CSV (text); missing values take `default`."""
+    if column not in df.columns:
+        return pd.Series(default, index=df.index)
+    return df[column].map(lambda v: default if pd.isna(v) else str(v).strip().lower() in ("true", "1", "1.0"))
+
+
+def _text(df: pd.DataFrame, column: str) -> pd.Series:
+    if column not in df.columns:
+        return pd.Series("", index=df.index)
+    return df[column].map(lambda v: "" if pd.isna(v) else str(v))
+
+
 def series_of(df: pd.DataFrame) -> pd.Series:
-    """Series key per row: the policy kind, with ' cpu-attn' when attention runs on the CPU."""
+    """Series key per row: the policy kind, then its variant tokens (see `style.VARIANT_NAMES`).
+
+    `kv-only cpu-attn`, `flexgen cpu-attn`, `flexgen pinned-kv`, `hybridserve naive`,
+    `kvpr per-step`, `kvpr fixed-l`, `hybridserve no-barrier`; the paper's own setting
+    (GPU attention, balanced mini-batches, KVPR's closed-form split, FlexGen's unpinned
+    K,V, the step barrier) adds nothing.
+    """
     kind = df["policy"].astype(str)
-    if "cpu_attention" not in df.columns:
-        return kind
-    cpu = df["cpu_attention"].map(lambda v: str(v).strip().lower() in ("true", "1", "1.0"))
-    return kind.where(~cpu, kind + " cpu-attn")
+    key = kind.copy()
+    key = key.where(~_flag(df, "cpu_attention", False), key + " cpu-attn")
+    key = key.where(~((kind == "flexgen") & _flag(df, "cache_pinned", False)), key + " pinned-kv")
+    key = key.where(~((kind == "hybridserve") & (_text(df, "mini_batching") == "naive")), key + " naive")
+    fixed = df["split_tokens"].notna() if "split_tokens" in df.columns else pd.Series(False, index=df.index)
+    is_kvpr = kind == "kvpr"
+    key = key.where(~(is_kvpr & fixed), key + " fixed-l")
+    key = key.where(~(is_kvpr & ~fixed & (_text(df, "split_rule") == "per-step")), key + " per-step")
+    barrier_kinds = kind.isin(["hybridserve", "kvpr"])
+    return key.where(~(barrier_kinds & ~_flag(df, "step_barrier", True)), key + " no-barrier")
 
 
 def ok_rows(df: pd.DataFrame, needs: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
@@ -98,11 +132,40 @@ def workload_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in GROUP_COLUMNS if c in df.columns]
 
 
+def baseline_per_point(ok: pd.DataFrame, value: str = "throughput_tok_s", lower_is_better: bool = False
+                       ) -> pd.DataFrame:
+    """The baseline at each workload point: KV-only if it ran there, else FlexGen.
+
+    Either attention placement counts, the better one is used. Indexed by the workload
+    columns; columns `baseline` (the baseline's series key, `kv-only` or `flexgen`) and
+    `baseline_value` (its best `value`). Points with neither policy are absent.
+    """
+    wl = workload_columns(ok)
+    series = ok["series"] if "series" in ok.columns else series_of(ok)
+    found = []
+    for key, members in BASELINES.items():
+        rows = ok[series.isin(members)]
+        agg = rows.groupby(wl, dropna=False)[value].agg("min" if lower_is_better else "max")
+        found.append(pd.DataFrame({"baseline": key, "baseline_value": agg}))
+    both = pd.concat(found)
+    both = both[np.isfinite(both["baseline_value"].astype(float))]
+    return both[~both.index.duplicated(keep="first")]
+
+
+def baseline_name(key: str) -> str:
+    """What a speed-up or a normalised axis is 'over': 'KV-only' or 'FlexGen'."""
+    from .style import series_name
+
+    return series_name(key)
+
+
 def best_per_series(ok: pd.DataFrame) -> pd.DataFrame:
     """Each series' highest-throughput configuration at each workload point.
 
-    Adds `configs` (how many configurations competed) and `speedup_vs_kv_only`
-    (against the best kv-only configuration, either attention placement, at that point).
+    Adds `configs` (how many configurations competed), `baseline` (`kv-only` or
+    `flexgen`, see `baseline_per_point`), `baseline_tok_s` and `speedup` (over the
+    baseline's best configuration, either attention placement, at that point; NaN
+    where neither ran).
     """
     keys = [*workload_columns(ok), "series"]
     counts = ok.groupby(keys, sort=False, dropna=False)["throughput_tok_s"].transform("size")
@@ -110,10 +173,46 @@ def best_per_series(ok: pd.DataFrame) -> pd.DataFrame:
     idx = ok.groupby(keys, sort=False, dropna=False)["throughput_tok_s"].idxmax()
     best = ok.loc[idx].copy()
     wl = workload_columns(ok)
-    kv = ok[ok["policy"] == "kv-only"].groupby(wl, dropna=False)["throughput_tok_s"].max().rename("kv_only_tok_s")
-    best = best.join(kv, on=wl)
-    best["speedup_vs_kv_only"] = best["throughput_tok_s"] / best["kv_only_tok_s"]
+    base = baseline_per_point(ok).rename(columns={"baseline_value": "baseline_tok_s"})
+    best = best.drop(columns=[c for c in ("baseline", "baseline_tok_s", "speedup") if c in best], errors="ignore")
+    best = best.join(base, on=wl)
+    best["speedup"] = best["throughput_tok_s"] / best["baseline_tok_s"]
     return best.reset_index(drop=True)
+
+
+def _same_run(a: pd.Series, b: pd.Series) -> bool:
+    cols = [c for c in SAME_RUN_COLUMNS if c in a.index and c in b.index]
+    return bool(cols) and all(
+        (pd.isna(a[c]) and pd.isna(b[c])) or (not pd.isna(a[c]) and not pd.isna(b[c])
+                                               and math.isclose(float(a[c]), float(b[c]), rel_tol=1e-9))
+        for c in cols)
+
+
+def duplicate_series(best: pd.DataFrame) -> dict[str, str]:
+    """Series whose best configuration is, at every point where it ran, the same run as another's.
+
+    E.g. token recompute whose best ratio is r = 1 everywhere: it stores only K,V and its
+    run is KV-only's. Maps each such series to the series it repeats (the earlier one in
+    the canonical order); a line or Gantt panel of it would only hide or repeat that one.
+    """
+    from .style import series_sort_key
+
+    wl = workload_columns(best)
+    order = sorted(best["series"].unique(), key=series_sort_key)
+    by_series = {s: best[best["series"] == s].set_index(wl) for s in order}
+    out: dict[str, str] = {}
+    for i, s in enumerate(order):
+        mine = by_series[s]
+        for other in order[:i]:
+            if other in out:
+                continue
+            theirs = by_series[other]
+            if not mine.index.isin(theirs.index).all():
+                continue
+            if all(_same_run(mine.loc[[k]].iloc[0], theirs.loc[[k]].iloc[0]) for k in mine.index):
+                out[s] = other
+                break
+    return out
 
 
 def varied_config(ok: pd.DataFrame) -> dict[str, str]:
@@ -126,7 +225,7 @@ def varied_config(ok: pd.DataFrame) -> dict[str, str]:
             out[series] = ""
             continue
         varied = [c for c in CONFIG_COLUMNS if c in grp.columns and per_point[c].nunique().max() > 1]
-        out[series] = "best r" if varied == ["kv_ratio"] else "best config"
+        out[series] = {("kv_ratio",): "best r", ("split_tokens",): "best l"}.get(tuple(varied), "best config")
     return out
 
 

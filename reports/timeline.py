@@ -13,11 +13,13 @@ import pandas as pd
 from matplotlib.patches import Patch
 
 from ..sim.schedule import OpKind, Stream
-from .results import Skip, best_per_series, ok_rows, workload_columns
+from .results import Skip, best_per_series, duplicate_series, ok_rows, workload_columns
 from .style import (
+    KIND_FAMILIES,
     PAGE_IN,
     Drawn,
     kind_colours,
+    kind_family,
     new_figure,
     series_colour,
     series_linestyle,
@@ -43,7 +45,11 @@ class TimelineRun:
 
 
 def pick_timeline_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Best row per series at the cheapest feasible workload point of the first scenario."""
+    """Best row per series at the cheapest feasible workload point of the first scenario.
+
+    A series whose best row there is the same run as an earlier series' (e.g. token
+    recompute at r = 1 and KV-only) is left out; `attrs["left_out"]` says which and why.
+    """
     ok = ok_rows(df, ["point_json"])
     first = ok["scenario"].iloc[0]
     ok = ok[ok["scenario"] == first]
@@ -53,7 +59,16 @@ def pick_timeline_rows(df: pd.DataFrame) -> pd.DataFrame:
     size = best.groupby(wl, sort=False, dropna=False)[cost].max().sort_values(kind="stable")
     point = pd.Series(dict(zip(wl, size.index[0], strict=True)))
     rows = best[(best[wl] == point).all(axis=1)]
-    return rows.sort_values("series", key=lambda s: s.map(series_sort_key), kind="stable")
+    dup = duplicate_series(rows)
+    left_out = []
+    for series, same in dup.items():
+        label = rows.loc[rows["series"] == series, "policy_label"].iloc[0] if "policy_label" in rows else series
+        left_out.append(f"{series_name(series)}: its best configuration here ({label}) runs exactly as "
+                        f"{series_name(same)}'s, so its panel and line would repeat that one")
+    rows = rows[~rows["series"].isin(dup)]
+    rows = rows.sort_values("series", key=lambda s: s.map(series_sort_key), kind="stable")
+    rows.attrs["left_out"] = left_out
+    return rows
 
 
 def resimulate(rows: pd.DataFrame) -> tuple[list[TimelineRun], list[str]]:
@@ -82,11 +97,15 @@ def _point_title(runs: list[TimelineRun]) -> str:
             f"({p.policy.num_gpu_batches}×{p.gpu_batch_size}), prompt {w.prompt_len}, {w.gen_len} output tokens")
 
 
+#: words of a policy label that the series name already says
+_SAID_BY_SERIES = {"cpu-attn", "naive", "balanced", "l=closed-form", "l=per-step"}
+
+
 def config_title(r: TimelineRun) -> str:
-    """Legend name of the series plus what its label adds, e.g. `KV+activation (HybridServe), r=0.50`."""
+    """Legend name of the series plus what its label adds, e.g. `KV+activation hybrid, r=0.50`."""
     kind = r.run.point.policy.kind.value
-    prefix = r.series if r.policy_label.startswith(r.series) else kind
-    extra = r.policy_label.removeprefix(prefix).strip()
+    words = r.policy_label.split()
+    extra = " ".join(w for w in (words[1:] if words[:1] == [kind] else words) if w not in _SAID_BY_SERIES)
     return f"{series_name(r.series)}, {extra}" if extra else series_name(r.series)
 
 
@@ -101,13 +120,15 @@ def decode_step_of(gen_len: int) -> int:
 
 
 ZOOM_LAYERS = 2
+#: height of one stream row and of a panel's title, inches
+ROW_IN, TITLE_IN = 0.17, 0.3
 
 
 def _fmt_duration(seconds: float) -> str:
     return f"{seconds * 1e3:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
 
 
-def _draw_ops(ax, t: pd.DataFrame, t0_s: float, streams: list[str], kinds: list[str], colours, hatches,
+def _draw_ops(ax, t: pd.DataFrame, t0_s: float, streams: list[str], kinds: list[str], colours,
               edges: bool, min_width_ms: float) -> None:
     """Bars of the ops in `t`; ops narrower than `min_width_ms` are widened to it so that they stay visible."""
     for row, stream in enumerate(streams):
@@ -118,12 +139,40 @@ def _draw_ops(ax, t: pd.DataFrame, t0_s: float, streams: list[str], kinds: list[
                 continue
             widths = ((ops["end_s"] - ops["start_s"]) * 1e3).clip(lower=min_width_ms)
             spans = list(zip((ops["start_s"] - t0_s) * 1e3, widths, strict=True))
-            ax.broken_barh(spans, (row - 0.38, 0.76), facecolors=colours[kind], hatch=hatches[kind],
+            ax.broken_barh(spans, (row - 0.38, 0.76), facecolors=colours[kind],
                            edgecolor="white" if edges else "none", linewidth=0.3 if edges else 0,
                            label=kind, gid=f"{stream}:{kind}")
     ax.set_yticks(range(len(streams)), streams)
     ax.set_ylim(len(streams) - 0.5, -0.5)
     ax.grid(axis="y", visible=False)
+
+
+LEGEND_KINDS_PER_COLUMN = 4
+
+
+def _kind_legend(kinds: list[str], colours) -> tuple[list[Patch], list[str], int]:
+    """Legend entries in columns by op-kind family, each family headed by its name.
+
+    A family of more than `LEGEND_KINDS_PER_COLUMN` kinds continues in the next column.
+    Returns handles, labels and the number of columns.
+    """
+    columns: list[tuple[str, list[str]]] = []
+    for fam in KIND_FAMILIES:
+        members = [k for k in kinds if kind_family(k) == fam]
+        for i in range(0, len(members), LEGEND_KINDS_PER_COLUMN):
+            columns.append((fam if i == 0 else "", members[i:i + LEGEND_KINDS_PER_COLUMN]))
+    depth = 1 + max(len(col) for _, col in columns)
+    blank = {"facecolor": "none", "edgecolor": "none"}
+    handles, labels = [], []
+    for head, col in columns:  # matplotlib fills a legend column by column
+        handles.append(Patch(**blank))
+        labels.append(head)
+        for k in col:
+            handles.append(Patch(facecolor=colours[k], edgecolor="white", label=k))
+            labels.append(k)
+        handles += [Patch(**blank) for _ in range(depth - 1 - len(col))]
+        labels += [""] * (depth - 1 - len(col))
+    return handles, labels, len(columns)
 
 
 def gantt_decode_step(runs: list[TimelineRun]) -> Drawn:
@@ -142,22 +191,28 @@ def gantt_decode_step(runs: list[TimelineRun]) -> Drawn:
         raise Skip(f"no op belongs to decode step {step}")
     kinds_present = {k for _, t in steps for k in t["kind"]}
     kinds = [k for k in KIND_ORDER if k in kinds_present] + sorted(kinds_present - set(KIND_ORDER))
-    busy_s = pd.concat([t for _, t in steps]).assign(d=lambda x: x["end_s"] - x["start_s"]).groupby("kind")["d"].sum()
-    # solid colours go to the kinds that take the most time; past ten kinds, the least visible get hatches
-    colours, hatches = kind_colours(sorted(kinds, key=lambda k: -busy_s.get(k, 0.0)))
+    colours = kind_colours(kinds)  # fixed per kind, by family: loads blue, stores green, GPU warm, CPU purple
     zoom = runs[0].run.point.model.layers > ZOOM_LAYERS
     ncols = 2 if zoom else 1
-    fig, axes = new_figure(ncols, len(steps), width_in=PAGE_IN, panel_height_in=1.0,
-                           gridspec_kw={"width_ratios": [2.2, 1]} if zoom else None)
+    streams_of = [[s for s in STREAM_ORDER if s in set(t["stream"])] + sorted(set(t["stream"]) - set(STREAM_ORDER))
+                  for _, t in steps]
+    # each panel as tall as its rows need (a stream row stays taller than its tick label), plus its title
+    heights = [ROW_IN * len(s) + TITLE_IN for s in streams_of]
+    grid = {"height_ratios": heights} | ({"width_ratios": [2.2, 1]} if zoom else {})
+    # the figure also holds the suptitle, the time axis and the legend (a header and up to four kinds)
+    legend_rows = 1 + min(LEGEND_KINDS_PER_COLUMN, max(sum(kind_family(k) == f for k in kinds) for f in KIND_FAMILIES))
+    total = sum(heights) + 0.2 + 0.4 + 0.14 * legend_rows
+    fig, axes = new_figure(ncols, len(steps), width_in=PAGE_IN, panel_height_in=total / len(heights),
+                           gridspec_kw=grid)
     longest_ms = max((t["end_s"].max() - t["start_s"].min()) * 1e3 for _, t in steps)
     for i, (r, t) in enumerate(steps):
         t0 = t["start_s"].min()
-        streams = [s for s in STREAM_ORDER if s in set(t["stream"])] + sorted(set(t["stream"]) - set(STREAM_ORDER))
+        streams = streams_of[i]
         ax = axes[i * ncols]
         ax.set_gid(f"step:{r.series}")
         if i:
             ax.sharex(axes[0])
-        _draw_ops(ax, t, t0, streams, kinds, colours, hatches, edges=not zoom, min_width_ms=longest_ms * 1e-3)
+        _draw_ops(ax, t, t0, streams, kinds, colours, edges=not zoom, min_width_ms=longest_ms * 1e-3)
         ax.set_title(f"{config_title(r)}: decode step {step} takes {_fmt_duration(t['end_s'].max() - t0)}",
                      loc="left")
         if zoom:
@@ -166,7 +221,7 @@ def gantt_decode_step(runs: list[TimelineRun]) -> Drawn:
             window = t[((t["end_s"] - t0) * 1e3 > lo) & ((t["start_s"] - t0) * 1e3 < hi)]
             zax = axes[i * ncols + 1]
             zax.set_gid(f"zoom:{r.series}")
-            _draw_ops(zax, window, t0, streams, kinds, colours, hatches, edges=True, min_width_ms=(hi - lo) * 4e-3)
+            _draw_ops(zax, window, t0, streams, kinds, colours, edges=True, min_width_ms=(hi - lo) * 4e-3)
             zax.set_xlim(lo, hi)
             zax.tick_params(labelleft=False)
             zax.set_title(f"layers 0–{ZOOM_LAYERS - 1}, zoomed", loc="left")
@@ -176,9 +231,11 @@ def gantt_decode_step(runs: list[TimelineRun]) -> Drawn:
     for ax in axes[-ncols:]:
         ax.set_xlabel("time since the step's first op (ms)")
     fig.suptitle(_point_title(runs), fontsize=7)
-    handles = [Patch(facecolor=colours[k], hatch=hatches[k], edgecolor="white", label=k) for k in kinds]
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(kinds), 6), frameon=False,
-               title="op kind")
+    handles, labels, ncol = _kind_legend(kinds, colours)
+    leg = fig.legend(handles, labels, loc="outside lower center", ncol=ncol, frameon=False)
+    for text in leg.get_texts():
+        if text.get_text() in KIND_FAMILIES:
+            text.set_fontweight("bold")
     return Drawn(fig, [f"decode step {step} of {runs[0].run.point.workload.gen_len - 1}"])
 
 

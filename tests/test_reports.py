@@ -15,18 +15,39 @@ from hssim.cli import UserError
 from hssim.reports import figures, timeline
 from hssim.reports.cli import report
 from hssim.reports.report import FIGURES, build_report, make_report
-from hssim.reports.results import Skip, best_per_series, load_results
-from hssim.reports.style import series_name
+from hssim.reports.results import Skip, best_per_series, load_results, series_of
+from hssim.reports.style import (
+    KIND_FAMILIES,
+    SERIES_ORDER,
+    kind_colours,
+    kind_family,
+    legend_rank,
+    series_colour,
+    series_marker,
+    series_name,
+    series_sort_key,
+)
 from hssim.reports.trace import write_chrome_trace
 from hssim.sim.api import result_row, run_point
+from hssim.sim.schedule import OpKind
+from hssim.sim.specs import PolicyKind, PolicySpec
 from hssim.sim.sweep import run_points
 
 PROMPTS = (16, 32)
 MODELS = (tiny_model(layers=3, hidden=128, heads=4), tiny_model(layers=2, hidden=256, heads=4))
+# at these sizes recomputing never pays: hybrid's best is r = 1, the very run of KV-only (a duplicate
+# the line and Gantt figures leave out), while token recompute, without r = 1, stays its own series
 POLICIES = [dict(kind="kv-only"), dict(kind="kv-only", cpu_attention=True),
             *[dict(kind="hybrid", kv_ratio=r) for r in (0.0, 0.5, 1.0)],
-            *[dict(kind="token-recompute", kv_ratio=r) for r in (0.0, 1.0)]]
+            *[dict(kind="token-recompute", kv_ratio=r) for r in (0.0, 0.5)]]
 SERIES = {"kv-only", "kv-only cpu-attn", "hybrid", "token-recompute"}
+DRAWN_ONCE = SERIES - {"hybrid"}  # series with a run of their own
+#: the papers' systems, each with the variants their papers plot separately
+PAPER_POLICIES = [dict(kind="flexgen"), dict(kind="flexgen", cpu_attention=True),
+                  *[dict(kind="hybridserve", kv_ratio=r, mini_batching=mb)
+                    for r in (0.0, 0.5, 1.0) for mb in ("balanced", "naive")],
+                  dict(kind="kvpr", split_rule="closed-form"), dict(kind="kvpr", split_rule="per-step")]
+PAPER_SERIES = {"flexgen", "flexgen cpu-attn", "hybridserve", "hybridserve naive", "kvpr", "kvpr per-step"}
 
 
 def _point(model, prompt_len, **policy):
@@ -45,6 +66,13 @@ def results() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def loaded(results) -> pd.DataFrame:
     return load_results(results)
+
+
+@pytest.fixture(scope="module")
+def papers() -> pd.DataFrame:
+    """FlexGen, HybridServe and KVPR (no KV-only run) on one model at two prompt lengths."""
+    points = [_point(MODELS[1], p, **pol) for p in PROMPTS for pol in PAPER_POLICIES]
+    return load_results(run_points(points, jobs=1))
 
 
 @pytest.fixture(autouse=True)
@@ -71,16 +99,19 @@ def _name(series: str, best_r: bool = False) -> str:
 
 
 def test_throughput_vs_prompt_has_one_line_per_policy_at_its_best(loaded):
-    fig = figures.throughput_vs_prompt(loaded).fig
-    lines = _lines(fig)
-    expect = {_name("kv-only"), _name("kv-only cpu-attn"), _name("hybrid", True), _name("token-recompute", True)}
+    drawn = figures.throughput_vs_prompt(loaded)
+    lines = _lines(drawn.fig)
+    expect = {_name("kv-only"), _name("kv-only cpu-attn"), _name("token-recompute", True)}
     assert set(lines) == expect
     assert all(len(v) == len(MODELS) for v in lines.values())  # one panel per model
     best = best_per_series(loaded[loaded["status"] == "ok"])
-    hybrid = best[(best["series"] == "hybrid") & (best["model"] == MODELS[0].name)].sort_values("prompt_len")
-    line = next(ln for ln in lines[_name("hybrid", True)] if MODELS[0].name in ln.axes.get_title())
+    tr = best[(best["series"] == "token-recompute") & (best["model"] == MODELS[0].name)].sort_values("prompt_len")
+    line = next(ln for ln in lines[_name("token-recompute", True)] if MODELS[0].name in ln.axes.get_title())
     assert list(line.get_xdata()) == list(PROMPTS)
-    assert np.allclose(line.get_ydata(), hybrid["throughput_tok_s"])
+    assert np.allclose(line.get_ydata(), tr["throughput_tok_s"])
+    # hybrid's best (r = 1) is KV-only's run: it would lie exactly under KV-only's line, so it is left out
+    assert len(drawn.left_out) == 1 and drawn.left_out[0].startswith(_name("hybrid") + " in every panel:")
+    assert _name("kv-only") in drawn.left_out[0]
 
 
 def test_latency_vs_ratio_normalises_to_kv_only_and_marks_the_optimum(loaded):
@@ -112,6 +143,7 @@ def test_throughput_bars_carry_the_speedup_over_kv_only(loaded):
     texts = [t.get_text() for t in ax.texts]
     assert texts.count("1.00×") >= len(MODELS)  # kv-only against itself
     assert all(t.endswith("×") for t in texts)
+    assert "× KV-only" in ax.get_ylabel()
 
 
 def test_utilisation_and_traffic_plot_busy_fraction_and_bytes(loaded):
@@ -134,8 +166,9 @@ def test_bound_distance_is_at_most_the_bound_and_names_the_binding_engine(loaded
 
 def test_gantt_draws_every_op_of_one_decode_step(loaded):
     rows = timeline.pick_timeline_rows(loaded)
+    assert len(rows.attrs["left_out"]) == 1 and rows.attrs["left_out"][0].startswith(_name("hybrid"))
     runs, notes = timeline.resimulate(rows)
-    assert {r.series for r in runs} == SERIES and not notes
+    assert {r.series for r in runs} == DRAWN_ONCE and not notes
     fig = timeline.gantt_decode_step(runs).fig
     step = timeline.decode_step_of(3)
     for run in runs:
@@ -189,8 +222,17 @@ def test_make_report_writes_figures_tables_and_an_index(tmp_path, results):
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
     summary = pd.read_csv(tmp_path / "report" / "tables" / "summary.csv")
     assert set(summary["policy"]) == {series_name(s) for s in SERIES}
+    assert set(summary["speedup_over"]) == {"KV-only"}
+    md = (tmp_path / "report" / "tables" / "summary.md").read_text()
+    assert "| 1.00 | KV-only |" in md  # KV-only against itself, two decimals
     index = (tmp_path / "report" / "README.md").read_text()
     assert "figures/gantt_decode_step.png" in index
+    # the left-out hybrid series is listed, the caption names the baseline and the scale actually used
+    left = index.split("## Left out", 1)[1]
+    assert "gantt_decode_step, KV+activation hybrid" in left and "throughput_vs_prompt, KV+activation" in left
+    assert "speed-up over the best configuration of KV-only" in index
+    log = figures.utilisation_traffic(load_results(results)).fig.axes[1].get_yscale() == "log"
+    assert ("(bottom, log scale)" in index) == log and ("(bottom, linear scale)" in index) != log
 
 
 def test_report_only_lists_what_it_left_out(tmp_path, results):
@@ -240,3 +282,135 @@ def test_chrome_trace_has_one_event_per_op_on_one_track_per_stream(tmp_path):
         assert e["dur"] == pytest.approx(run.result.duration_ns[op.id] / 1e3, abs=2e-3)
         assert e["args"]["link_bytes"] == op.link_bytes and e["args"]["flops"] == op.flops
     assert trace["otherData"]["executor"] == "sim"
+
+
+# ----------------------------------------------------------------- the papers' systems and their names
+
+
+def _every_policy_series() -> list[str]:
+    """The series key of every PolicyKind, with and without CPU attention where the kind allows it."""
+    keys = []
+    for kind in PolicyKind:
+        for cpu in (False, True):
+            try:
+                policy = PolicySpec(kind=kind, cpu_attention=cpu)
+            except ValueError:
+                continue
+            row = pd.DataFrame([{"policy": kind.value, "cpu_attention": policy.cpu_attention,
+                                 "mini_batching": policy.mini_batching.value, "split_rule": policy.split_rule.value,
+                                 "split_tokens": None, "step_barrier": policy.step_barrier,
+                                 "cache_pinned": policy.cache_pinned}])
+            keys.append(series_of(row).iloc[0])
+    return keys
+
+
+def test_every_policy_kind_has_a_known_name_and_its_own_colour():
+    keys = _every_policy_series() + ["hybridserve naive", "kvpr per-step"]
+    assert {"flexgen", "flexgen cpu-attn", "hybridserve", "kvpr", "kv-only cpu-attn"} <= set(keys)
+    assert all(k in SERIES_ORDER for k in keys)  # a known name, not the raw key
+    names = [series_name(k) for k in keys]
+    assert len(set(names)) == len(names)
+    colours = [tuple(round(c, 4) for c in series_colour(k)) for k in keys]
+    assert len(set(colours)) == len(colours)
+    markers = [series_marker(k) for k in keys]
+    assert len(set(markers)) == len(markers)
+    # the generic policies do not borrow the papers' names, the published ones carry them
+    assert series_name("hybrid") == "KV+activation hybrid" and series_name("kv-only") == "KV-only"
+    assert [series_name(k) for k in ("flexgen", "flexgen cpu-attn", "hybridserve", "kvpr")] == [
+        "FlexGen", "FlexGen, CPU attention", "HybridServe", "KVPR"]
+    # FlexGen's variants sit together, and a variant right after the series it extends
+    order = sorted(keys, key=series_sort_key)
+    assert order.index("flexgen cpu-attn") == order.index("flexgen") + 1
+    assert series_sort_key("flexgen cpu-attn pinned-kv") < series_sort_key("token-recompute")
+    assert series_name("flexgen cpu-attn pinned-kv") == "FlexGen, CPU attention, pinned KV"
+    assert legend_rank("FlexGen, CPU attention, best config") > legend_rank("FlexGen")
+    assert legend_rank("FlexGen, CPU attention") < legend_rank("Token recompute")
+
+
+def test_paper_variants_are_separate_series_and_flexgen_is_the_baseline(papers):
+    assert set(papers["series"]) == PAPER_SERIES
+    best = best_per_series(papers[papers["status"] == "ok"])
+    assert set(best["baseline"]) == {"flexgen"}  # no KV-only run: FlexGen, the better placement
+    for _, grp in best.groupby("prompt_len"):
+        fg = grp[grp["series"].isin(["flexgen", "flexgen cpu-attn"])]["throughput_tok_s"].max()
+        assert np.allclose(grp["speedup"], grp["throughput_tok_s"] / fg)
+    fig = figures.throughput_bars(papers).fig
+    ax = next(ax for ax in fig.axes if ax.containers)
+    assert "× FlexGen" in ax.get_ylabel()
+    assert {t.get_text() for t in ax.texts} >= {"1.00×"}
+    labels = set(_bars(ax))
+    assert {"FlexGen", "FlexGen, CPU attention", "KVPR", "KVPR, per-step split"} <= labels
+    assert {"HybridServe, best r", "HybridServe, naive mini-batches, best r"} <= labels
+    # a mixed table: KV-only where it ran, FlexGen elsewhere, each named on its bars' panel
+    both = load_results(pd.concat([papers.assign(scenario="p"), load_results(_kv_only_rows())], ignore_index=True))
+    b = best_per_series(both[both["status"] == "ok"])
+    assert set(b.loc[b["scenario"] == "p", "baseline"]) == {"flexgen"}
+    assert set(b.loc[b["scenario"] == "test", "baseline"]) == {"kv-only"}
+
+
+def _kv_only_rows() -> pd.DataFrame:
+    return run_points([_point(MODELS[1], PROMPTS[0], kind="kv-only")], jobs=1)
+
+
+def test_latency_normalises_to_flexgen_when_kv_only_did_not_run(papers):
+    fig = figures.latency_vs_recompute_ratio(papers).fig
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "token latency (× FlexGen)"
+    at = papers[(papers["prompt_len"] == PROMPTS[0]) | (papers["prompt_len"] == PROMPTS[1])]
+    point = ax.get_title().split("prompt ")[-1]
+    at = at[at["prompt_len"] == int(point)]
+    fg = at[at["policy"] == "flexgen"]["token_latency_s"].min()
+    hs = next(ln for ln in ax.get_lines() if ln.get_label() == "HybridServe")
+    lat = at[at["series"] == "hybridserve"].set_index("kv_ratio")["token_latency_s"]
+    assert np.allclose(sorted(hs.get_ydata()), sorted(lat / fg))
+
+
+def test_optimum_labels_at_one_ratio_stack_instead_of_overprinting():
+    rows = []
+    for series, lat in (("hybrid", (1.0, 0.7, 0.8)), ("token-recompute", (1.0, 0.8, 0.9))):
+        for r, t in zip((1.0, 0.5, 0.0), lat, strict=True):
+            rows.append(dict(scenario="s", model="m", hardware="h", batch=8, prompt_len=64, gen_len=4,
+                             policy=series, status="ok", throughput_tok_s=1 / t, token_latency_s=t, kv_ratio=r))
+    rows.append(dict(rows[0], policy="kv-only", kv_ratio=1.0))
+    fig = figures.latency_vs_recompute_ratio(load_results(pd.DataFrame(rows))).fig
+    labels = [t for t in fig.axes[0].texts if (t.get_gid() or "").startswith("optimum-label:")]
+    assert sorted(t.xy for t in labels) == [pytest.approx((0.5, 0.7)), pytest.approx((0.5, 0.8))]
+    fig.canvas.draw()
+    boxes = [t.get_window_extent() for t in labels]
+    assert not boxes[0].overlaps(boxes[1])  # same ratio, one label above the other
+
+
+def test_traffic_reads_in_tb_and_gantt_kinds_have_distinct_colours(loaded):
+    assert figures.byte_unit(2e13) == ("TB", 1e-12) and figures.byte_unit(5e9)[0] == "GB"
+    huge = loaded.assign(h2d_bytes=loaded["h2d_bytes"] * 1e7)
+    drawn = figures.utilisation_traffic(huge)
+    assert "TB" in drawn.fig.axes[1].get_ylabel()
+    assert drawn.fields["traffic_scale"] in ("log scale", "linear scale")
+    kinds = [k.value for k in OpKind]
+    colours = kind_colours(kinds)
+    assert len(set(colours.values())) == len(kinds)
+    assert {kind_family(k) for k in kinds} == set(KIND_FAMILIES)
+
+
+def test_gantt_of_the_papers_systems_keeps_flexgen_variants_together(papers):
+    rows = timeline.pick_timeline_rows(papers)
+    runs, _ = timeline.resimulate(rows)
+    order = [r.series for r in runs]
+    assert order[:2] == ["flexgen", "flexgen cpu-attn"]
+    fig = timeline.gantt_decode_step(runs).fig
+    legend = fig.legends[0]
+    shown = [t.get_text() for t in legend.get_texts() if t.get_text()]
+    assert "host → GPU" in shown and "GPU compute" in shown
+    titles = [timeline.config_title(r) for r in runs]
+    assert not any("naive" in t and "mini-batches" not in t for t in titles)  # no 'naive' said twice
+
+
+def test_lines_within_one_percent_stay_visible(papers):
+    """FlexGen with CPU attention and a 0.5% faster copy of it: the one drawn first is drawn wider."""
+    twin = papers[papers["series"] == "flexgen cpu-attn"].assign(
+        policy="kv-only", policy_label="kv-only cpu-attn", throughput_tok_s=lambda d: d["throughput_tok_s"] * 1.005)
+    drawn = figures.throughput_vs_prompt(load_results(pd.concat([papers, twin], ignore_index=True)))
+    lines = _lines(drawn.fig)
+    under, over = lines["KV-only, CPU attention"][0], lines["FlexGen, CPU attention"][0]
+    assert under.get_linewidth() > over.get_linewidth() and under.get_markersize() > over.get_markersize()
+    assert any("within 1%" in n for n in drawn.notes)
