@@ -133,3 +133,18 @@ def test_bad_serving_scenarios_give_one_clear_line(tmp_path, case):
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), res.output
     assert field in lines[0] and "fix:" in lines[0]
+
+
+def test_serve_run_table_is_whole_when_not_a_terminal_and_figures_are_written(tmp_path):
+    scen = write(tmp_path, TINY.replace("  - {kind: oneiros}\n", "  - {kind: oneiros}\n  - {kind: oneiros, "
+                                                                   "respect_bound: false}\n"))
+    out = tmp_path / "out"
+    res = CliRunner().invoke(serve, ["run", str(scen), "--figures", str(out), "--markdown", str(out / "README.md")])
+    assert res.exit_code == 0, res.output
+    assert "…" not in res.output  # CliRunner's stdout is not a TTY: no column is cut
+    for head in ("TTFT p99", "TBT p99", "layers (mean/max)", "D2H GB", "oneiros unbounded"):
+        assert head in res.output
+    png = out / "remapping_over_time.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "README.md").read_text()
+    assert "](remapping_over_time.png)" in md and "--figures" in md

@@ -43,20 +43,28 @@ def _write_text_atomic(text: str, path: Path) -> None:
 
 
 def _print_table(df: pd.DataFrame) -> None:
+    """The comparison as a rich table; when stdout is not a terminal (a pipe, a log file), rich
+    would squeeze it to 80 columns and cut cells to "…", so it gets a console as wide as the table."""
+    import sys
+
     from rich.console import Console
     from rich.table import Table
 
     t = Table(title="Serving: latency and throughput per policy (simulated)")
     for col in ("scenario", "hardware", "rate", "policy", "TTFT p50", "TTFT p99", "TBT p50", "TBT p99", "tok/s",
                 "layers (mean/max)", "preempt.", "H2D GB", "D2H GB"):
-        t.add_column(col, justify="left" if col in ("scenario", "hardware", "policy") else "right")
+        t.add_column(col, justify="left" if col in ("scenario", "hardware", "policy") else "right", no_wrap=True)
     for _, r in df.iterrows():
         t.add_row(r["scenario"], r["hardware"], f"{r['rate_rps']:g}", r["policy_label"],
                   f"{r['ttft_p50_s']:.3f} s", f"{r['ttft_p99_s']:.3f} s", f"{r['tbt_p50_s'] * 1e3:.1f} ms",
                   f"{r['tbt_p99_s'] * 1e3:.1f} ms", f"{r['throughput_tok_s']:.0f}",
                   f"{r['remapped_layers_mean']:.1f}/{r['remapped_layers_max']}", str(r["preemptions"]),
                   f"{r['h2d_bytes'] / 1e9:.1f}", f"{r['d2h_bytes'] / 1e9:.1f}")
-    Console().print(t)
+    if sys.stdout.isatty():
+        Console().print(t)
+    else:
+        width = Console(width=10_000).measure(t).maximum
+        Console(width=width, no_color=True, highlight=False).print(t)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -74,9 +82,11 @@ def serve() -> None:
               help="also write iterations.parquet to --out: one row per iteration (remapped layers over time)")
 @click.option("--markdown", "markdown", default=None, type=click.Path(dir_okay=False),
               help="write the Markdown comparison table to this file")
+@click.option("--figures", "figures_dir", default=None, type=click.Path(file_okay=False),
+              help="write remapping_over_time.png here: layers Oneiros remaps over time, one box per panel")
 @click.option("--jobs", "-j", type=int, default=1, show_default=True, help="worker processes")
 def run_cmd(files: tuple[str, ...], policy: str | None, as_json: bool, out_dir: str | None, with_iterations: bool,
-            markdown: str | None, jobs: int) -> None:
+            markdown: str | None, figures_dir: str | None, jobs: int) -> None:
     """Simulate every point of the serving scenario FILES (scenarios/serving/*.yaml)."""
     from ..scenario import ScenarioError
     from ..sweep import write_atomic
@@ -112,10 +122,17 @@ def run_cmd(files: tuple[str, ...], policy: str | None, as_json: bool, out_dir: 
         write_atomic(df, out / "results.parquet")
         if with_iterations:
             write_atomic(pd.concat([it for _, it in results], ignore_index=True), out / "iterations.parquet")
+    figure = None
+    if figures_dir:
+        from .figures import remapping_figure
+
+        figure = remapping_figure(df, pd.concat([it for _, it in results], ignore_index=True), Path(figures_dir))
     if markdown:
         command = "hssim serve run " + " ".join(files) + (f" --out {out_dir}" if out_dir else "") + \
-            f" --markdown {markdown}" + (f" --jobs {jobs}" if jobs > 1 else "")
-        _write_text_atomic(markdown_report(df, command), Path(markdown))
+            f" --markdown {markdown}" + (f" --figures {figures_dir}" if figures_dir else "") + \
+            (f" --jobs {jobs}" if jobs > 1 else "")
+        fig_rel = os.path.relpath(figure, Path(markdown).parent) if figure is not None else None
+        _write_text_atomic(markdown_report(df, command, fig_rel), Path(markdown))
     if as_json:
         for row in df.to_dict(orient="records"):
             click.echo(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v)

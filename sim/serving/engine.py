@@ -1,16 +1,30 @@
 """SimPy model of a serving engine: arrivals, iterations on the GPU, and the two link engines.
 
-Processes: one for arrivals, one for the GPU's iteration loop, and per iteration one per
-link direction for KV swaps plus one that streams remapped layers' weights. The H2D and
-D2H engines are separate resources (full duplex); KV swap-ins and weight loads share the
-H2D engine in issue order. An iteration first waits for its swaps (vLLM blocks the step
-on them), then computes layer by layer; a remapped layer cannot start before its weights
-have arrived, and a staging buffer is reused only after the layer loaded into it two
-loads earlier has been computed (double buffering). Tokens emitted by an iteration carry
-its end time. Time is integer nanoseconds.
+Processes: one for arrivals, one for the GPU's iteration loop, per iteration one per link
+direction for KV swaps, and one for the whole run that streams remapped layers' weights.
+The H2D and D2H engines are separate resources (full duplex); KV swap-ins and weight loads
+share the H2D engine in issue order. An iteration first waits for its swaps (vLLM blocks
+the step on them), then computes layer by layer; a remapped layer cannot start before its
+weights have arrived. Tokens emitted by an iteration carry its end time. Time is integer
+nanoseconds (each layer's compute rounded once, so the ring check below is exact).
 
-Layers that leave the remapped set (Oneiros reverting) are loaded once more, into their
-own pages, in the iteration that reverts them; freeing a layer's pages is instant.
+Oneiros streams like a ring (policies.ring_hides): the remapped layers of consecutive
+iterations form one sequence of loads into two staging buffers; a load starts once the
+layer two places before it in that sequence has been computed, so a layer is fetched
+during the compute of the layers before it, and the first two of an iteration during the
+tail of the previous one. For that, the set an iteration streams is decided at the start
+of the iteration before it:
+
+- growing: the layers joining the set stay resident for the deciding iteration (its KV
+  pool does not grow yet) and are freed once computed in it; from the next iteration the
+  pool is larger and they are streamed;
+- reverting: the layers leaving the set are streamed once more in the deciding iteration,
+  into their own pages rather than a staging buffer (the pool shrinks at once), so a
+  revert costs no load beyond the streaming the set already had.
+
+Every iteration's loads are thus exactly the set it streams, which was checked against
+the bound when it was decided: no stall, as long as the per-layer compute assumed then
+holds (it can fall only when that iteration preempts a decoding request).
 """
 
 from __future__ import annotations
@@ -25,7 +39,7 @@ import simpy
 from ..schedule import Stream
 from .metrics import serving_metrics
 from .paged import KVPool
-from .policies import layer_bound, remapped_layer_ids
+from .policies import remapped_layer_ids, ring_bound
 from .scheduler import Queues, RequestState, SchedulerLimits, StepPlan, commit_step, plan_step
 from .specs import ServingPoint
 from .timing import IterationCost
@@ -69,7 +83,13 @@ class ServingSim:
         self.env = simpy.Environment()
         self.h2d = simpy.Resource(self.env, capacity=1)
         self.d2h = simpy.Resource(self.env, capacity=1)
-        self.remapped: tuple[int, ...] = ()
+        self.remapped: tuple[int, ...] = ()  # the layers the next iteration streams (decided by the last one)
+        self.remapped_bound = (0, 0)  # (bound layers, per-layer compute ns) it was decided under
+        self.h2d_ns = _ns(self.cost.layer_h2d_s)
+        self.loads: simpy.Store = simpy.Store(self.env)
+        self.ring_position = 0
+        self.computed: dict[int, simpy.Event] = {}  # ring position -> its layer has been computed
+        self._loaded: dict[int, simpy.Event] = {}  # ring position -> its weights are on the GPU
         self.host_kv_bytes = 0
         self.rows: list[dict] = []
         self._wake: simpy.Event | None = None
@@ -79,6 +99,7 @@ class ServingSim:
     def run(self) -> ServingRun:
         self.env.process(self._arrivals())
         self.env.process(self._gpu())
+        self.env.process(self._stream_weights())
         self.env.run()
         if self._finished != len(self.states):
             raise RuntimeError(f"simulation stopped with {len(self.states) - self._finished} requests unfinished")
@@ -110,46 +131,53 @@ class ServingSim:
                 yield self.env.timeout(d)
 
     # ------------------------------------------------------------------ one iteration
-    def _plan(self) -> tuple[StepPlan, tuple[int, ...], float, int]:
-        """The step plan, the remapped layers, one layer's compute seconds and the layer bound."""
+    def _plan(self) -> tuple[StepPlan, int, int, int]:
+        """The step plan, the layers the next iteration streams, and the bound (layers, per-layer ns) on them."""
         q, pool = self.queues, self.pool
-        layers = self.model.layers
-        n = self._layers_wanted() if self.policy.remaps else 0
+        current = len(self.remapped)
+        target = self._layers_wanted() if self.policy.remaps else 0
         while True:
-            plan = plan_step(q.running, q.swapped, q.waiting, pool, pool.capacity_blocks(n), self.limits)
-            seqs = plan.seqs
-            layer_s = self.cost.layer_s(seqs) if seqs else 0.0
+            plan = plan_step(q.running, q.swapped, q.waiting, pool, pool.capacity_blocks(min(current, target)),
+                             self.limits)
             if not self.policy.remaps:
-                return plan, (), layer_s, 0
-            bound = layer_bound(self.decode_compute_s(plan), self.cost.layer_h2d_s, layers)
-            if n <= bound or not self.policy.respect_bound:
-                return plan, remapped_layer_ids(layers, n), layer_s, bound
-            n = self._useful_layers(bound)
+                return plan, 0, 0, 0
+            layer_ns = self.bound_layer_ns(plan)
+            bound = ring_bound(self.model.layers, self.h2d_ns, layer_ns)
+            if target <= bound or not self.policy.respect_bound:
+                return plan, target, bound, layer_ns
+            target = self._useful_layers(bound)
 
-    def decode_compute_s(self, plan: StepPlan) -> float:
-        """Compute time of the plan's decode sequences alone: what bounds Oneiros' layers.
+    def bound_layer_ns(self, plan: StepPlan) -> int:
+        """Per-layer compute the next iteration is sure to have: what bounds its streamed layers.
 
-        Prefill chunks come and go from one iteration to the next; the decode batch is the
-        steady part, so the bound holds for the next iterations too (and, being a part of
-        the iteration, for this one).
+        The requests that decode next are those of this plan that emit a token and are not
+        done; their decode (one token each on the cache they will have) is the next
+        iteration's steady part (prefill chunks come and go). Capped by this iteration's own
+        per-layer compute, whose tail hides the next iteration's first loads.
         """
-        decodes = [(n, past) for n, past in plan.seqs if n == 1]
-        if not decodes:
-            return 0.0
-        return self.model.layers * self.cost.layer_s(decodes) + self.cost.lm_head_s(len(decodes))
+        nxt = [(1, r.computed + n) for r, n in plan.batch
+               if r.computed + n == r.known and r.generated + 1 < r.request.output_len]
+        if not nxt:
+            return 0
+        return min(_ns(self.cost.layer_s(nxt)), _ns(self.cost.layer_s(plan.seqs)))
 
     def _useful_layers(self, n: int) -> int:
         """The fewest layers that give the same pool as `n` (1 or 2 layers only fill the staging buffers)."""
         return min(n, self.pool.layers_for(self.pool.capacity_blocks(n)))
 
     def _layers_wanted(self) -> int:
-        """Oneiros: the layers the KV demand of this step needs, reverting only with headroom."""
+        """Oneiros: the layers the KV demand of the next step needs, reverting only with headroom.
+
+        Demand: the blocks the running requests hold after this step's tokens plus one more
+        token each (the next step), and the swapped and waiting requests that the token
+        budget would take.
+        """
         q, pool = self.queues, self.pool
         demand = self.limits.watermark_blocks
         budget = self.limits.max_batched_tokens
         for r in q.running:
             n = min(r.pending, max(budget, 1))
-            demand += max(pool.blocks(r.computed + n), r.gpu_blocks)
+            demand += max(pool.blocks(r.computed + n + 1), r.gpu_blocks)
             budget -= n
         for r in q.swapped + q.waiting:
             n = min(r.pending, max(budget, 0))
@@ -168,7 +196,10 @@ class ServingSim:
     def _iteration(self) -> Iterator[simpy.Event]:
         env, pool, cost = self.env, self.pool, self.cost
         start_ns = env.now
-        plan, remapped, layer_s, bound = self._plan()
+        streamed, (bound_now, bound_layer_ns) = self.remapped, self.remapped_bound
+        plan, target, bound, next_layer_ns = self._plan()
+        seqs = plan.seqs
+        layer_s = cost.layer_s(seqs) if seqs else 0.0
         swap = self.policy.preemption.value == "swap"
         out_bytes = [r.gpu_blocks * pool.block_bytes for r in plan.preempted if swap and r.gpu_blocks]
         in_bytes = [r.host_blocks * pool.block_bytes for r in plan.swapped_in]
@@ -178,39 +209,35 @@ class ServingSim:
                 f"swapped KV needs {self.host_kv_bytes / 1e9:.1f} GB of host memory; "
                 f"{self.host_kv_capacity_bytes / 1e9:.1f} GB is left after the weights")
         lm_head_s = cost.lm_head_s(plan.emitting)  # before the commit moves the requests on
-        leaving = tuple(sorted(set(self.remapped) - set(remapped)))
-        self.remapped = remapped
         emitted = commit_step(plan, self.queues, swap)
+        positions = {layer: self.ring_position - len(streamed) + k for k, layer in enumerate(streamed)}
+        self.remapped = remapped_layer_ids(self.model.layers, target)
+        self.remapped_bound = (bound, next_layer_ns)
+        self._enqueue_loads(self.remapped)
 
         copies = []
         if in_bytes:
             copies.append(env.process(self._copy(self.h2d, [_ns(cost.kv_copy_s(b, Stream.h2d)) for b in in_bytes])))
         if out_bytes:
             copies.append(env.process(self._copy(self.d2h, [_ns(cost.kv_copy_s(b, Stream.d2h)) for b in out_bytes])))
-        loads = sorted(set(remapped) | set(leaving))
-        loaded = {layer: env.event() for layer in loads}
-        computed = [env.event() for _ in remapped]
-        if loads:
-            env.process(self._stream_weights(loads, remapped, loaded, computed))
         if copies:
             yield env.all_of(copies)
         swap_wait_ns = env.now - start_ns
 
-        slot = {layer: k for k, layer in enumerate(remapped)}
         layer_ns = _ns(layer_s)
         stall_ns = 0
         done_layers = 0
-        for layer in loads:
+        for layer in streamed:
             if layer > done_layers:
-                yield env.timeout(_ns((layer - done_layers) * layer_s))
+                yield env.timeout((layer - done_layers) * layer_ns)
             t0 = env.now
-            yield loaded[layer]
+            yield self._loaded[positions[layer]]
             stall_ns += env.now - t0
             yield env.timeout(layer_ns)
-            if layer in slot:
-                computed[slot[layer]].succeed()
+            self.computed.pop(positions[layer]).succeed()
+            del self._loaded[positions[layer]]
             done_layers = layer + 1
-        yield env.timeout(_ns((self.model.layers - done_layers) * layer_s + lm_head_s))
+        yield env.timeout((self.model.layers - done_layers) * layer_ns + _ns(lm_head_s))
 
         for r in emitted:
             r.token_times_ns.append(env.now)
@@ -219,29 +246,39 @@ class ServingSim:
         q = self.queues
         self.rows.append({
             "start_s": start_ns / 1e9, "end_s": env.now / 1e9,
-            "compute_s": self.model.layers * layer_s + lm_head_s,
-            "remapped_layers": len(remapped), "bound_layers": bound, "reverted_layers": len(leaving),
+            "compute_s": self.model.layers * layer_s + lm_head_s, "layer_s": layer_s,
+            "remapped_layers": len(streamed), "bound_layers": bound_now, "bound_layer_s": bound_layer_ns / 1e9,
+            "next_remapped_layers": target, "reverted_layers": max(len(streamed) - target, 0),
             "seqs": len(plan.batch), "tokens": sum(n for _, n in plan.batch), "emitted": len(emitted),
             "preempted": len(plan.preempted), "swapped_in": len(plan.swapped_in), "admitted": len(plan.admitted),
             "h2d_kv_bytes": sum(in_bytes), "d2h_kv_bytes": sum(out_bytes),
-            "h2d_weight_bytes": len(loads) * self.model.weight_bytes_per_layer,
+            "h2d_weight_bytes": len(streamed) * self.model.weight_bytes_per_layer,
             "kv_blocks_used": plan.used_blocks, "kv_blocks_capacity": plan.capacity_blocks,
             "swap_wait_s": swap_wait_ns / 1e9, "weight_stall_s": stall_ns / 1e9,
             "running": len(q.running), "swapped": len(q.swapped), "waiting": len(q.waiting),
         })
 
-    def _stream_weights(self, loads: list[int], remapped: tuple[int, ...], loaded: dict[int, simpy.Event],
-                        computed: list[simpy.Event]) -> Iterator[simpy.Event]:
-        slot = {layer: k for k, layer in enumerate(remapped)}
-        load_ns = _ns(self.cost.layer_h2d_s)
-        for layer in loads:
-            k = slot.get(layer)
-            if k is not None and k >= 2:
-                yield computed[k - 2]  # its staging buffer is free once that layer has run
+    # ------------------------------------------------------------------ the weight ring
+    def _enqueue_loads(self, layers: tuple[int, ...]) -> None:
+        """Queue the loads of the next iteration's streamed layers, continuing the ring."""
+        for layer in layers:
+            pos = self.ring_position
+            self.computed[pos] = self.env.event()
+            self._loaded[pos] = self.env.event()
+            self.loads.put((pos, layer))
+            self.ring_position += 1
+
+    def _stream_weights(self) -> Iterator[simpy.Event]:
+        """Loads in ring order; each into the staging buffer freed when position - 2 was computed."""
+        while True:
+            pos, _layer = yield self.loads.get()
+            gate = self.computed.get(pos - 2)
+            if gate is not None:
+                yield gate
             with self.h2d.request() as req:
                 yield req
-                yield self.env.timeout(load_ns)
-            loaded[layer].succeed()
+                yield self.env.timeout(self.h2d_ns)
+            self._loaded[pos].succeed()
 
 
 def run_serving(point: ServingPoint, requests: list[Request] | None = None, base_dir: Path | None = None) -> ServingRun:

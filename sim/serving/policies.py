@@ -6,16 +6,20 @@
   prompt plus the tokens generated so far are prefilled again.
 - `oneiros`: before preempting, free the GPU pages of `N` layers' (read-only) weights and
   give them to the KV pool; those layers are streamed from host memory before each use,
-  one way (H2D), into two staging buffers (double-buffered). `N` follows KV demand (and
-  reverts when it drops), bounded by `N x per-layer H2D time <= the iteration's compute
-  time`; the `N` layers are spread evenly over the layers. When even the bound is not
-  enough, it preempts like `fallback` (swap by default). `respect_bound: false` drops the
-  bound (N then follows demand alone): on a slow link the streaming no longer hides.
+  one way (H2D), as a ring into two staging buffers (double-buffered: a layer is fetched
+  during the compute of the layers before it, the first ones of an iteration during the
+  tail of the previous one). `N` follows KV demand (and reverts when it drops), bounded so
+  that the ring hides every load (`ring_hides`, which implies Oneiros' `N x per-layer H2D
+  time <= compute time`); the `N` layers are spread over the layers, nested in `N`
+  (`remap_order`). When even the bound is not enough, it preempts like `fallback` (swap by
+  default). `respect_bound: false` drops the bound (N then follows demand alone): on a slow
+  link the streaming no longer hides.
 """
 
 from __future__ import annotations
 
 from enum import Enum
+from functools import lru_cache
 
 from pydantic import Field, model_validator
 
@@ -74,20 +78,83 @@ class ServingPolicySpec(Spec):
         return " ".join(parts)
 
 
-def remapped_layer_ids(layers: int, remapped: int) -> tuple[int, ...]:
-    """`remapped` layers spread evenly over `layers`, each the last of its stretch of the ring.
+@lru_cache(maxsize=256)
+def remap_order(layers: int) -> tuple[int, ...]:
+    """Every layer, in the order Oneiros remaps them: the first `n` are the set for `n`.
 
-    Layer `i` of the set is `floor((i + 1) * layers / remapped) - 1`: the stretch of
-    `layers / remapped` resident layers computed before it is what hides its load, and
-    the last one is the model's last layer.
+    The set grows by splitting its longest stretch of the layer ring in two (ties: the
+    stretch farthest from the layer added last, then the earliest), each remapped layer
+    the last of its stretch, starting with the model's last layer. So the set for `n + 1`
+    contains the set for `n` (growing frees one more layer, reverting loads back only the
+    layers that leave) and the stretches stay within a factor of about two of `layers / n`.
     """
+    chosen = [layers - 1]
+    last = layers - 1
+    while len(chosen) < layers:
+        ring = sorted(chosen)
+        best = None
+        for idx, b in enumerate(ring):
+            a = ring[idx - 1] - (layers if idx == 0 else 0)  # the stretch is a+1 .. b (wrapping)
+            length = b - a
+            if length < 2:
+                continue
+            mid = (a + length // 2) % layers
+            dist = abs(mid - last)
+            key = (length, min(dist, layers - dist), -((a + 1) % layers))
+            if best is None or key > best[0]:
+                best = (key, mid)
+        last = best[1]
+        chosen.append(last)
+    return tuple(chosen)
+
+
+def remapped_layer_ids(layers: int, remapped: int) -> tuple[int, ...]:
+    """The `remapped` layers of the set (see `remap_order`), in layer order."""
     if not 0 <= remapped <= layers:
         raise ValueError(f"cannot remap {remapped} of {layers} layers")
-    return tuple((i + 1) * layers // remapped - 1 for i in range(remapped))
+    return tuple(sorted(remap_order(layers)[:remapped]))
+
+
+def ring_hides(ids: tuple[int, ...], layers: int, layer_h2d: int, layer_compute: int) -> bool:
+    """Whether double-buffered ring streaming of the layers `ids` never stalls the GPU.
+
+    Times in any one unit (the engine uses integer nanoseconds). Every layer computes in
+    `layer_compute`, one layer loads in `layer_h2d`, one load at a time; the load of the
+    ring's `k`-th remapped layer may start once the layer two places before it in the
+    ring (the previous user of its staging buffer, in the previous iteration for the first
+    two) has been computed. Loads start as early as that allows, so the load of `k` ends
+    at `max over j <= k of (compute end of j-2) + (k - j + 1) * layer_h2d`, and it hides
+    iff that is no later than the start of `k`'s compute, for every chain `j..k`. Chains
+    longer than the set are covered by `len(ids) * layer_h2d <= layers * layer_compute`
+    (Oneiros' bound, N x per-layer transfer time <= compute time, which this implies).
+    Gaps between iterations (LM head, swap waits, idling) only widen every window.
+    """
+    n = len(ids)
+    if n == 0:
+        return True
+    if n * layer_h2d > layers * layer_compute:
+        return False
+    for k in range(n):
+        for m in range(1, n + 1):
+            q = k - m - 1  # the load of j = k - m + 1 waits for position j - 2 to be computed
+            start_q = ids[q % n] + layers * (q // n)  # layer index, negative in earlier iterations
+            if m * layer_h2d > (ids[k] - start_q - 1) * layer_compute:
+                return False
+    return True
+
+
+def ring_bound(layers: int, layer_h2d: int, layer_compute: int) -> int:
+    """Most layers whose streaming `ring_hides` at this per-layer compute time."""
+    lo, order = 0, remap_order(layers)
+    for n in range(1, layers + 1):  # nested sets: once one stalls, every larger one does
+        if not ring_hides(tuple(sorted(order[:n])), layers, layer_h2d, layer_compute):
+            break
+        lo = n
+    return lo
 
 
 def layer_bound(compute_s: float, layer_h2d_s: float, layers: int) -> int:
-    """Most layers whose one-way streaming fits in the compute time: N x layer_h2d_s <= compute_s."""
+    """Oneiros' bound alone: the most layers with N x layer_h2d_s <= compute_s."""
     if layer_h2d_s <= 0:
         return layers
     n = min(layers, int(compute_s // layer_h2d_s))

@@ -10,7 +10,8 @@ import pandas as pd
 from .engine import ServingRun
 from .specs import ServingPoint
 
-POINT_COLUMNS = ["scenario", "model", "hardware", "link", "policy", "policy_label", "rate_rps", "requests_planned",
+POINT_COLUMNS = ["scenario", "model", "layers", "hardware", "link", "policy", "policy_label", "rate_rps",
+                 "requests_planned",
                  "kv_pool_bytes", "kv_pool_tokens", "layer_h2d_s"]
 GROUP_COLUMNS = ["scenario", "model", "hardware", "rate_rps"]
 
@@ -23,6 +24,7 @@ def point_columns(point: ServingPoint) -> dict[str, Any]:
     return {
         "scenario": point.scenario,
         "model": point.model.name,
+        "layers": point.model.layers,
         "hardware": point.hardware.name,
         "link": point.hardware.link.name,
         "policy": point.policy.kind.value,
@@ -84,13 +86,14 @@ def summary_table(df: pd.DataFrame) -> str:
     """Per model and box: Oneiros (and its unbounded variant) against vllm-swap, over the rates where
     vllm-swap preempted (KV pressure)."""
     cols = ["model", "box", "rates with KV pressure", "policy", "TTFT p99", "TBT p99", "throughput",
-            "layers remapped (mean, range over rates)"]
+            "layers remapped (mean, range over rates)", "GPU waited for weights (s, all rates)"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for (model, hw), grp in df.groupby(["model", "hardware"], sort=False):
         swap = grp[grp["policy_label"] == "vllm-swap"].set_index("rate_rps")
         pressured = sorted(swap.index[swap["preemptions"] > 0])
         for label in [lbl for lbl in grp["policy_label"].unique() if lbl.startswith("oneiros")]:
-            rows = grp[(grp["policy_label"] == label) & grp["rate_rps"].isin(pressured)].set_index("rate_rps")
+            every = grp[grp["policy_label"] == label]
+            rows = every[every["rate_rps"].isin(pressured)].set_index("rate_rps")
             delta = {k: [(rows.at[r, k] / swap.at[r, k] - 1) * 100 for r in rows.index]
                      for k in ("ttft_p99_s", "tbt_p99_s", "throughput_tok_s")}
             layers = rows["remapped_layers_mean"]
@@ -98,22 +101,47 @@ def summary_table(df: pd.DataFrame) -> str:
                 model, f"{hw} ({grp['link'].iloc[0]})", ", ".join(f"{r:g}" for r in pressured) or "none", label,
                 _range(delta["ttft_p99_s"]), _range(delta["tbt_p99_s"]), _range(delta["throughput_tok_s"]),
                 f"{layers.min():.1f} ... {layers.max():.1f}" if len(layers) else "-",
+                f"{every['weight_stall_s'].sum():.3g}",
             ]) + " |")
     return "\n".join(lines)
 
 
-def markdown_report(df: pd.DataFrame, command: str) -> str:
+def _never_remapped(df: pd.DataFrame) -> list[str]:
+    """Sentences for the boxes where the bound let bounded Oneiros remap nothing at any rate."""
+    out = []
+    for (model, hw), grp in df.groupby(["model", "hardware"], sort=False):
+        bounded = grp[grp["policy_label"] == "oneiros"]
+        if bounded.empty or bounded["remapped_layers_max"].max() > 0:
+            continue
+        out.append(f"{model} on {hw} (one layer loads in {grp['layer_h2d_s'].iloc[0] * 1e3:.1f} ms)")
+    if not out:
+        return []
+    return [f"Where the link is slow the bound allows N = 0 at every rate, so bounded `oneiros` never remaps and "
+            f"behaves exactly like `vllm-swap` (its fallback): {'; '.join(out)}. The case where parameter "
+            "remapping loses there is `oneiros unbounded`, which remaps as KV demand asks and makes the GPU wait "
+            "for weights.", ""]
+
+
+def markdown_report(df: pd.DataFrame, command: str, figure: str | None = None) -> str:
+    fig = ([f"![Layers remapped over time]({figure})", "",
+            "Layers remapped over time (from the `--figures` output): one box per panel at one arrival rate with "
+            "KV pressure; thin dotted line: the bound, the most layers the double-buffered ring hides at that "
+            "moment's decode compute.", ""] if figure else [])
     return "\n".join([
         "# Serving: vLLM KV swapping / recomputation vs Oneiros parameter remapping (simulated)",
         "",
         f"Made by: `{command}`",
         "",
         "Changes against `vllm-swap` at the arrival rates where `vllm-swap` had to preempt (negative latency "
-        "and positive throughput changes favour Oneiros). `oneiros` keeps its bound (N x per-layer H2D time <= "
-        "decode compute time); `oneiros unbounded` remaps as many layers as KV demand asks.",
+        "and positive throughput changes favour Oneiros). `oneiros` keeps its bound (every remapped layer's load "
+        "hides behind the compute of the layers before it in the double-buffered ring, which implies N x "
+        "per-layer H2D time <= decode compute time); `oneiros unbounded` remaps as many layers as KV demand asks. "
+        "Last column: total time the GPU sat waiting for a remapped layer's weights.",
         "",
         summary_table(df),
         "",
+        *_never_remapped(df),
+        *fig,
         "All points (TTFT: time to first token; TBT: time between tokens; H2D weights: remapped layers streamed):",
         "",
         markdown_table(df),
