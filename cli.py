@@ -299,16 +299,16 @@ def _print_ranking(ranked) -> None:
     from rich.table import Table
 
     t = Table(title="Best policy per point (best configuration of each kind)")
-    for col in ("scenario", "model", "hardware", "batch", "prompt", "gen", "winner", "tok/s", "vs kv-only",
+    for col in ("scenario", "model", "hardware", "batch", "prompt", "gen", "winner", "tok/s", "speed-up",
                 "runner-up"):
         t.add_column(col)
     for key, grp in ranked.groupby(["scenario", "model", "hardware", "batch", "prompt_len", "gen_len"], sort=False):
         grp = grp.sort_values("rank")
         first = grp.iloc[0]
         second = grp.iloc[1] if len(grp) > 1 else None
-        ratio = first["speedup_vs_kv_only"]
+        ratio = first["speedup"]
         t.add_row(*[str(k) for k in key], first["policy_label"], f"{first['throughput_tok_s']:.2f}",
-                  "-" if math.isnan(ratio) else f"{ratio:.2f}x",
+                  "-" if math.isnan(ratio) else f"{ratio:.2f}x over {first['baseline']}",
                   "-" if second is None else f"{second['policy_label']} ({second['throughput_tok_s']:.2f})")
     console = Console()
     if not console.is_terminal:  # a log file: wide enough that no column is cut to "…"

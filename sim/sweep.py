@@ -243,13 +243,19 @@ def write_results(df: pd.DataFrame, out_dir: Path) -> tuple[Path, Path]:
     return parquet, csv
 
 
+#: the baseline of a point's speed-ups, in order of preference: the first kind that ran there
+BASELINE_KINDS = ("kv-only", "flexgen")
+
+
 def best_per_point(df: pd.DataFrame) -> pd.DataFrame:
     """For each workload point: every policy kind's best configuration, ranked.
 
-    Columns: the group columns, rank, policy, policy_label, throughput_tok_s,
-    speedup_vs_kv_only (against the best kv-only configuration of that point).
+    Columns: the group columns, rank, policy, policy_label, throughput_tok_s, speedup
+    (over the best configuration of `baseline` at that point: kv-only where it ran, else
+    flexgen, either attention placement; NaN where neither ran), baseline, bound_tok_s,
+    gpu_busy.
     """
-    cols = [*GROUP_COLUMNS, "rank", "policy", "policy_label", "throughput_tok_s", "speedup_vs_kv_only",
+    cols = [*GROUP_COLUMNS, "rank", "policy", "policy_label", "throughput_tok_s", "speedup", "baseline",
             "bound_tok_s", "gpu_busy"]
     ok = df[df["status"] == "ok"] if "status" in df else df.iloc[0:0]
     if ok.empty:
@@ -258,10 +264,11 @@ def best_per_point(df: pd.DataFrame) -> pd.DataFrame:
     out = []
     for _, grp in best.groupby(GROUP_COLUMNS, sort=False):
         grp = grp.sort_values("throughput_tok_s", ascending=False).copy()
-        kv = grp.loc[grp["policy"] == "kv-only", "throughput_tok_s"]
-        base = kv.iloc[0] if len(kv) else math.nan
+        kind = next((k for k in BASELINE_KINDS if (grp["policy"] == k).any()), None)
+        base = grp.loc[grp["policy"] == kind, "throughput_tok_s"].iloc[0] if kind else math.nan
         grp["rank"] = range(1, len(grp) + 1)
-        grp["speedup_vs_kv_only"] = grp["throughput_tok_s"] / base
+        grp["speedup"] = grp["throughput_tok_s"] / base
+        grp["baseline"] = kind
         out.append(grp)
     return pd.concat(out)[cols].reset_index(drop=True)
 

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -169,3 +170,22 @@ def test_sweep_on_a_local_dask_cluster(tmp_path, scenario):
     local = run_sweep(points, tmp_path / "l", jobs=1)
     cols = ["point_key", "makespan_s", "throughput_tok_s", "h2d_bytes"]
     pd.testing.assert_frame_equal(df[cols], local[cols])
+
+
+def test_ranking_speedups_are_over_kv_only_else_flexgen():
+    from hssim.sim.sweep import GROUP_COLUMNS, best_per_point
+
+    base = dict(zip(GROUP_COLUMNS, ["s", "m", "hw", 8, 64, 4], strict=True))
+    rows = [
+        {**base, "prompt_len": 64, "policy": "flexgen", "policy_label": "flexgen", "throughput_tok_s": 10.0},
+        {**base, "prompt_len": 64, "policy": "flexgen", "policy_label": "flexgen cpu-attn", "throughput_tok_s": 20.0},
+        {**base, "prompt_len": 64, "policy": "kvpr", "policy_label": "kvpr l=3", "throughput_tok_s": 30.0},
+        {**base, "prompt_len": 128, "policy": "kv-only", "policy_label": "kv-only", "throughput_tok_s": 5.0},
+        {**base, "prompt_len": 128, "policy": "flexgen", "policy_label": "flexgen", "throughput_tok_s": 4.0},
+        {**base, "prompt_len": 256, "policy": "kvpr", "policy_label": "kvpr l=3", "throughput_tok_s": 4.0},
+    ]
+    df = pd.DataFrame(rows).assign(status="ok", bound_tok_s=1.0, gpu_busy=0.5)
+    ranked = best_per_point(df).set_index(["prompt_len", "policy"])
+    assert ranked.loc[(64, "kvpr"), "speedup"] == 1.5 and ranked.loc[(64, "kvpr"), "baseline"] == "flexgen"
+    assert ranked.loc[(128, "flexgen"), "speedup"] == 0.8 and ranked.loc[(128, "flexgen"), "baseline"] == "kv-only"
+    assert np.isnan(ranked.loc[(256, "kvpr"), "speedup"])
