@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 
@@ -178,6 +178,8 @@ class RooflineCostModel:
     least max(FLOPs/CPU rate, bytes/host bandwidth)."""
 
     hardware: HardwareSpec
+    #: durations depend on an op's payload only (see `durations_ns`)
+    sizes_only: ClassVar[bool] = True
 
     def duration_s(self, op: Op) -> float:
         hw = self.hardware
@@ -189,9 +191,21 @@ class RooflineCostModel:
 
 
 def durations_ns(schedule: Schedule, cost: CostModel) -> np.ndarray:
-    """Every op's duration in integer nanoseconds, indexed by op id."""
+    """Every op's duration in integer nanoseconds, indexed by op id.
+
+    A cost model whose durations depend only on an op's payload (stream, kind, sizes,
+    pinned, shape: `schedule.PAYLOAD_FIELDS`) says so with `sizes_only = True`; each
+    distinct payload is then priced once (a schedule has a few hundred), with exactly
+    the same arithmetic."""
+    if getattr(cost, "sizes_only", False):
+        per = np.fromiter(
+            (round(cost.duration_s(Op(0, p[0], p[1], 0, 0, 0, (), (), *p[2:])) * 1e9) for p in schedule.payloads),
+            dtype=np.int64,
+            count=len(schedule.payloads),
+        )
+        return per[schedule.payload_index]
     return np.fromiter(
         (round(cost.duration_s(op) * 1e9) for op in schedule.ops),
         dtype=np.int64,
-        count=len(schedule.ops),
+        count=len(schedule),
     )

@@ -18,7 +18,7 @@ op for op on every bundled scenario.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,8 @@ class SimResult:
     duration_ns: np.ndarray
     start_ns: np.ndarray
     end_ns: np.ndarray
+    #: the schedule's critical path (`critical_path_ns`), where the replay computed it on the way
+    critical_ns: int | None = field(default=None, compare=False)
 
     @property
     def makespan_ns(self) -> int:
@@ -50,19 +52,22 @@ class SimResult:
 
     def timeline(self) -> pd.DataFrame:
         """One row per op in the shared Timeline schema (seconds from the start)."""
-        ops = self.schedule.ops
+        sched = self.schedule
+        streams = np.array([p[0].value for p in sched.payloads], dtype=object)
+        kinds = np.array([p[1].value for p in sched.payloads], dtype=object)
+        idx = sched.payload_index
         return pd.DataFrame(
             {
-                "op_id": np.arange(len(ops)),
-                "stream": [op.stream.value for op in ops],
-                "kind": [op.kind.value for op in ops],
-                "layer": np.fromiter((op.layer for op in ops), np.int64, len(ops)),
-                "step": np.fromiter((op.step for op in ops), np.int64, len(ops)),
-                "micro_batch": np.fromiter((op.micro_batch for op in ops), np.int64, len(ops)),
+                "op_id": np.arange(len(sched)),
+                "stream": streams[idx].tolist(),
+                "kind": kinds[idx].tolist(),
+                "layer": sched.column("layer"),
+                "step": sched.column("step"),
+                "micro_batch": sched.column("micro_batch"),
                 "start_s": self.start_ns / 1e9,
                 "end_s": self.end_ns / 1e9,
-                "link_bytes": np.fromiter((op.link_bytes for op in ops), np.int64, len(ops)),
-                "flops": np.fromiter((op.flops for op in ops), np.float64, len(ops)),
+                "link_bytes": sched.column("link_bytes"),
+                "flops": sched.column("flops", np.float64),
             },
             columns=TIMELINE_COLUMNS,
         )
@@ -83,21 +88,28 @@ def simulate(schedule: Schedule, cost: CostModel, unlimited: bool = False, engin
 
 
 def list_replay(schedule: Schedule, dur: np.ndarray) -> SimResult:
-    """The SimPy model's timeline, computed directly (see the module docstring)."""
-    durations = dur.tolist()
-    n = len(durations)
+    """The SimPy model's timeline, computed directly (see the module docstring); the
+    critical path (`critical_path_ns`) comes out of the same pass."""
+    n = len(schedule)
     end = [0] * n
-    start = [0] * n
-    free = dict.fromkeys(Stream, 0)
-    for op, waits in zip(schedule.ops, schedule.waits, strict=True):
-        t = free[op.stream]
-        for d in waits:
-            if end[d] > t:
-                t = end[d]
-        i = op.id
-        start[i] = t
-        end[i] = free[op.stream] = t + durations[i]
-    return SimResult(schedule, dur, np.asarray(start, dtype=np.int64), np.asarray(end, dtype=np.int64))
+    chain = [0] * n  # longest dependency chain ending with each op
+    free = [0] * len(Stream)
+    i = 0
+    for s, waits, d in zip(schedule.stream_codes, schedule.waits, dur.tolist(), strict=True):
+        t = free[s]
+        c = 0
+        for w in waits:
+            e = end[w]
+            if e > t:
+                t = e
+            e = chain[w]
+            if e > c:
+                c = e
+        end[i] = free[s] = t + d
+        chain[i] = c + d
+        i += 1  # noqa: SIM113 - a counter is faster than enumerate in this loop
+    end_ns = np.asarray(end, dtype=np.int64)
+    return SimResult(schedule, dur, end_ns - dur, end_ns, critical_ns=max(chain, default=0))
 
 
 def replay(schedule: Schedule, dur: np.ndarray, unlimited: bool = False) -> SimResult:

@@ -34,6 +34,24 @@ def _gb(n: int) -> str:
 
 def plan_memory(point: PointSpec, scheme, ops: Sequence[Op]) -> tuple[MemoryPlan, int, int]:
     """Returns (plan, GPU bytes resident all run, host bytes resident all run)."""
+    largest: dict[OpKind, int] = {}
+    workspace = 0
+    for op in ops:
+        if op.gpu_bytes > largest.get(op.kind, 0):
+            largest[op.kind] = op.gpu_bytes
+        workspace = max(workspace, op.workspace_bytes)
+    cache_on_host = sum(op.host_alloc_bytes for op in ops)
+    return plan_from_sizes(point, scheme, largest, workspace, cache_on_host)
+
+
+def plan_from_sizes(point: PointSpec, scheme, largest: dict[OpKind, int], workspace: int,
+                    cache_on_host: int) -> tuple[MemoryPlan, int, int]:
+    """`plan_memory` from what it reads of the ops: the largest `gpu_bytes` of each kind
+    (kinds in the order their first op with a GPU buffer is issued), the largest
+    `workspace_bytes` and the sum of `host_alloc_bytes`. The block builder knows these
+    before it emits a single op, so a point that does not fit is rejected at once.
+
+    Returns (plan, GPU bytes resident all run, host bytes resident all run)."""
     m, pol, wl, hw = point.model, point.policy, point.workload, point.hardware
     keep_w = pol.weights_gpu_percent / 100.0
     keep_c = pol.cache_gpu_percent / 100.0
@@ -49,12 +67,6 @@ def plan_memory(point: PointSpec, scheme, ops: Sequence[Op]) -> tuple[MemoryPlan
         MemoryItem("weights kept on GPU (incl. embeddings, LM head)", weights_on_gpu),
         MemoryItem("cache kept on GPU", cache_on_gpu),
     ]
-    largest: dict[OpKind, int] = {}
-    workspace = 0
-    for op in ops:
-        if op.gpu_bytes > largest.get(op.kind, 0):
-            largest[op.kind] = op.gpu_bytes
-        workspace = max(workspace, op.workspace_bytes)
     k = pol.num_gpu_batches
     for kind, nbytes in largest.items():
         live = _live_buffers(kind, k)
@@ -63,7 +75,6 @@ def plan_memory(point: PointSpec, scheme, ops: Sequence[Op]) -> tuple[MemoryPlan
 
     offloaded_w = m.layers * m.weight_bytes_per_layer - round(m.layers * m.weight_bytes_per_layer * keep_w)
     token_ids = wl.batch * (wl.prompt_len + wl.gen_len) * costs.TOKEN_ID_BYTES
-    cache_on_host = sum(op.host_alloc_bytes for op in ops)
     host_items = [
         MemoryItem("offloaded weights", offloaded_w),
         MemoryItem("token ids", token_ids),

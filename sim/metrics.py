@@ -51,15 +51,15 @@ def run_metrics(result: SimResult) -> dict[str, float]:
     meta = sched.meta
     dur = result.duration_ns
     makespan_s = result.makespan_s
-    step0 = sched.column("step") == 0
+    step0 = sched.step_col == 0
     prefill_s = float(result.end_ns[step0].max()) / 1e9
     decode_s = makespan_s - prefill_s
     busy_s = {}
     link_bytes = {}
-    stream_of = np.fromiter((op.stream is s for s in Stream for op in sched.ops), bool,
-                            len(Stream) * len(sched.ops)).reshape(len(Stream), -1)
+    codes = sched.stream_code
     links = sched.column("link_bytes")
-    for row, s in zip(stream_of, Stream, strict=True):
+    for code, s in enumerate(Stream):
+        row = codes == code
         busy_s[s] = float(dur[row].sum()) / 1e9
         link_bytes[s] = int(links[row].sum())
     bound_s = max(busy_s.values())
@@ -75,7 +75,8 @@ def run_metrics(result: SimResult) -> dict[str, float]:
         "token_latency_s": decode_s / (meta.gen_len - 1) if meta.gen_len > 1 else math.nan,
         "bound_s": bound_s,
         "bound_tok_s": generated / bound_s,
-        "critical_path_s": critical_path_ns(sched, dur) / 1e9,
+        "critical_path_s": (result.critical_ns if result.critical_ns is not None
+                            else critical_path_ns(sched, dur)) / 1e9,
         "gpu_busy": busy_s[Stream.compute] / makespan_s,
         "h2d_busy": busy_s[Stream.h2d] / makespan_s,
         "d2h_busy": busy_s[Stream.d2h] / makespan_s,
@@ -86,5 +87,5 @@ def run_metrics(result: SimResult) -> dict[str, float]:
         "peak_host_bytes": int(occ["host_bytes"].max()),
         "planned_gpu_bytes": sched.memory.gpu_bytes,
         "planned_host_bytes": sched.memory.host_bytes,
-        "ops": len(sched.ops),
+        "ops": len(sched),
     }

@@ -11,8 +11,10 @@ Policies build schedules; they never run them. Everything here is plain data.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from functools import cached_property
 from typing import NamedTuple
@@ -161,53 +163,157 @@ class ScheduleMeta:
     gen_len: int
 
 
-@dataclass(frozen=True)
-class Schedule:
-    meta: ScheduleMeta
-    ops: tuple[Op, ...]
-    memory: MemoryPlan
-    #: GPU memory that is resident for the whole run (weights kept on the GPU, ...)
-    gpu_static_bytes: int = 0
-    #: host memory that is resident for the whole run (offloaded weights, the prompt's cache)
-    host_static_bytes: int = 0
-    _by_stream: dict[Stream, tuple[Op, ...]] = field(default=None, repr=False, compare=False)
+#: the fields of an `Op` that say what it is and how big, in `Op` order (everything but
+#: id, layer, step, micro-batch and dependencies): ops that share them share a payload
+PAYLOAD_FIELDS = (
+    "stream", "kind", "link_bytes", "flops", "hbm_bytes", "host_bytes", "kernels", "gpu_bytes",
+    "workspace_bytes", "host_alloc_bytes", "pinned", "shape",
+)
+_STREAMS = tuple(Stream)
+_STREAM_CODE = {s: i for i, s in enumerate(_STREAMS)}
 
-    def __post_init__(self) -> None:
+
+def payload_of(op: Op) -> tuple:
+    """The payload of an op: `PAYLOAD_FIELDS` as a tuple."""
+    return (op.stream, op.kind) + tuple(op[8:])
+
+
+class Schedule:
+    """A schedule: its metadata, its ops, its memory plan.
+
+    Held as columns: each op is a payload (what it is and how big; the few distinct
+    payloads are stored once), an item (its step, layer and micro-batch), its deps and
+    its `after` list. `ops` materialises the `Op` tuples on first use; replays, durations
+    and metrics read the columns and never need them. Build one from `ops`, or from
+    columns with `Schedule.from_columns` (what the block builder does).
+    """
+
+    def __init__(self, meta: ScheduleMeta, ops: Iterable[Op] = (), memory: MemoryPlan | None = None,
+                 gpu_static_bytes: int = 0, host_static_bytes: int = 0) -> None:
+        ops = tuple(ops)
+        index: dict[tuple, int] = {}
+        payload = [index.setdefault(payload_of(op), len(index)) for op in ops]
+        self._init(meta, memory, gpu_static_bytes, host_static_bytes, tuple(index), payload,
+                   [op.layer for op in ops], [op.step for op in ops], [op.micro_batch for op in ops],
+                   [op.deps for op in ops], [op.after for op in ops])
+        self.__dict__["ops"] = ops
+
+    @classmethod
+    def from_columns(cls, meta: ScheduleMeta, memory: MemoryPlan, payloads: Sequence[tuple],
+                     payload: list[int], layer: list[int], step: list[int], micro_batch: list[int],
+                     deps: list[tuple[int, ...]], after: list[tuple[int, ...]],
+                     gpu_static_bytes: int = 0, host_static_bytes: int = 0) -> Schedule:
+        """A schedule from columns: op i is `payloads[payload[i]]` at (layer[i], step[i],
+        micro_batch[i]) with deps[i] and after[i] (sorted tuples of earlier op ids)."""
+        self = cls.__new__(cls)
+        self._init(meta, memory, gpu_static_bytes, host_static_bytes, tuple(payloads), payload, layer, step,
+                   micro_batch, deps, after)
+        return self
+
+    def _init(self, meta, memory, gpu_static_bytes, host_static_bytes, payloads, payload, layer, step,
+              micro_batch, deps, after) -> None:
+        self.meta = meta
+        self.memory = memory
+        self.gpu_static_bytes = gpu_static_bytes
+        self.host_static_bytes = host_static_bytes
+        self.payloads = payloads
+        self.payload = payload
+        self.layer_col = np.asarray(layer, dtype=np.int64)
+        self.step_col = np.asarray(step, dtype=np.int64)
+        self.mb_col = np.asarray(micro_batch, dtype=np.int64)
+        self.deps, self.after = deps, after
+
+    # -------------------------------------------------------------------- ops view
+    @cached_property
+    def ops(self) -> tuple[Op, ...]:
+        new = tuple.__new__
+        pl = self.payloads
+        return tuple(
+            new(Op, (i, p[0], p[1], ly, st, mb, d, a) + p[2:])
+            for i, (p, ly, st, mb, d, a) in enumerate(zip(
+                (pl[x] for x in self.payload), self.layer_col.tolist(), self.step_col.tolist(),
+                self.mb_col.tolist(), self.deps,
+                self.after, strict=True))
+        )
+
+    @cached_property
+    def _by_stream(self) -> dict[Stream, tuple[Op, ...]]:
         by: dict[Stream, list[Op]] = {s: [] for s in Stream}
         for op in self.ops:
             by[op.stream].append(op)
-        object.__setattr__(self, "_by_stream", {s: tuple(v) for s, v in by.items()})
+        return {s: tuple(v) for s, v in by.items()}
 
     def stream_ops(self, stream: Stream) -> tuple[Op, ...]:
         return self._by_stream[stream]
 
     def __len__(self) -> int:
-        return len(self.ops)
+        return len(self.payload)
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Schedule):
+            return NotImplemented
+        return (self.meta, self.memory, self.gpu_static_bytes, self.host_static_bytes, self.ops) == (
+            other.meta, other.memory, other.gpu_static_bytes, other.host_static_bytes, other.ops)
+
+    def __hash__(self) -> int:
+        return hash((self.meta, len(self)))
+
+    def __repr__(self) -> str:
+        return f"Schedule(meta={self.meta!r}, ops=<{len(self)} ops>, memory={self.memory!r})"
+
+    # -------------------------------------------------------------------- columns
     @cached_property
     def waits(self) -> list[tuple[int, ...]]:
         """Per op: everything it waits for (deps then after)."""
-        return [op.deps + op.after if op.after else op.deps for op in self.ops]
+        return [d + a if a else d for d, a in zip(self.deps, self.after, strict=True)]
+
+    @cached_property
+    def stream_code(self) -> np.ndarray:
+        """Per op: its stream's position in `Stream` (compute 0, h2d 1, d2h 2, cpu 3), as an array."""
+        code = np.array([_STREAM_CODE[p[0]] for p in self.payloads], dtype=np.int64)
+        return code[self.payload_index]
+
+    @cached_property
+    def stream_codes(self) -> list[int]:
+        """`stream_code` as a list."""
+        return self.stream_code.tolist()
+
+    @cached_property
+    def payload_index(self) -> np.ndarray:
+        return np.asarray(self.payload, dtype=np.int64)
 
     @cached_property
     def data_edges(self) -> tuple[np.ndarray, np.ndarray]:
         """(producer, consumer) op ids of every data dependency, as arrays."""
-        src = [d for op in self.ops for d in op.deps]
-        dst = [op.id for op in self.ops for _ in op.deps]
-        return np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
+        deps = self.deps
+        lens = np.fromiter(map(len, deps), dtype=np.int64, count=len(deps))
+        src = np.fromiter(itertools.chain.from_iterable(deps), dtype=np.int64, count=int(lens.sum()))
+        dst = np.repeat(np.arange(len(deps), dtype=np.int64), lens)
+        return src, dst
 
     def column(self, name: str, dtype=np.int64) -> np.ndarray:
         """One Op field of every op as an array (e.g. `gpu_bytes`), indexed by op id."""
+        if name == "id":
+            return np.arange(len(self), dtype=dtype)
+        if name in ("layer", "step", "micro_batch"):
+            col = {"layer": self.layer_col, "step": self.step_col, "micro_batch": self.mb_col}[name]
+            return col.astype(dtype, copy=False)
+        if name in PAYLOAD_FIELDS:
+            idx = PAYLOAD_FIELDS.index(name)
+            per = np.fromiter((p[idx] for p in self.payloads), dtype=dtype, count=len(self.payloads))
+            return per[self.payload_index]
         idx = Op._fields.index(name)
-        return np.fromiter((op[idx] for op in self.ops), dtype=dtype, count=len(self.ops))
+        return np.fromiter((op[idx] for op in self.ops), dtype=dtype, count=len(self))
 
     def link_bytes(self, stream: Stream) -> int:
-        return sum(op.link_bytes for op in self._by_stream[stream])
+        per = [p[2] if p[0] is stream else 0 for p in self.payloads]
+        return sum(per[x] for x in self.payload)
 
     def bytes_by_kind(self) -> dict[OpKind, int]:
         c: Counter[OpKind] = Counter()
-        for op in self.ops:
-            c[op.kind] += op.link_bytes
+        pl = self.payloads
+        for x in self.payload:
+            c[pl[x][1]] += pl[x][2]
         return dict(c)
 
     def validate(self) -> None:

@@ -33,10 +33,21 @@ sweep:
 """
 
 
+#: points big enough (about 0.1 s each) that an interruption lands mid-sweep however fast the simulator gets
+SLOW_SCENARIO = SCENARIO.replace("layers: 4}", "layers: 24}").replace("gen_len: 24}", "gen_len: 96}")
+
+
 @pytest.fixture
 def scenario(tmp_path) -> Path:
     path = tmp_path / "resume.yaml"
     path.write_text(SCENARIO)
+    return path
+
+
+@pytest.fixture
+def slow_scenario(tmp_path) -> Path:
+    path = tmp_path / "slow.yaml"
+    path.write_text(SLOW_SCENARIO)
     return path
 
 
@@ -48,7 +59,8 @@ def check_complete(out: Path, n_points: int) -> pd.DataFrame:
     return df
 
 
-def test_a_killed_sweep_resumes_with_every_point_exactly_once(tmp_path, scenario):
+def test_a_killed_sweep_resumes_with_every_point_exactly_once(tmp_path, slow_scenario):
+    scenario = slow_scenario
     out = tmp_path / "out"
     n_points = len(load_points([scenario]))
     cmd = [sys.executable, "-m", "hssim.cli", "sweep", str(scenario), "--out", str(out), "--jobs", "2"]
@@ -88,7 +100,8 @@ def test_a_torn_journal_line_is_ignored(tmp_path, scenario):
     assert len(run_sweep(more, out, jobs=1, on_done=lambda row: pytest.fail("recomputed a point"))) == 6
 
 
-def test_ctrl_c_stops_a_sweep_at_once_and_keeps_what_finished(tmp_path, scenario):
+def test_ctrl_c_stops_a_sweep_at_once_and_keeps_what_finished(tmp_path, slow_scenario):
+    scenario = slow_scenario
     out = tmp_path / "out"
     n_points = len(load_points([scenario]))
     cmd = [sys.executable, "-m", "hssim.cli", "sweep", str(scenario), "--out", str(out), "--jobs", "2"]

@@ -21,12 +21,15 @@ that rebuilding K,V can start before the rest of the layer's weights arrive.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from .. import costs
-from ..memory import plan_memory
-from ..schedule import KIND_STREAM, LINK_KINDS, Op, OpKind, Schedule, ScheduleMeta, Stream
+from ..memory import plan_from_sizes
+from ..schedule import KIND_STREAM, LINK_KINDS, OpKind, Schedule, ScheduleMeta, Stream
 from ..specs import PointSpec, PolicyKind
 from .placement import flexgen_gpu_weight_percent, kv_proj_early_params
 from .schemes import CacheScheme, scheme_for
@@ -73,7 +76,31 @@ def build_schedule(point: PointSpec, check_memory: bool = True) -> Schedule:
     return _BlockBuilder(run, scheme_for(run.policy, run), block_options(run)).build(check_memory)
 
 
+def _ids(*xs: int | None) -> tuple[int, ...]:
+    """Sorted, distinct op ids, None dropped."""
+    return tuple(sorted({x for x in xs if x is not None}))
+
+
+def _ids2(a: int | None, b: int | None) -> tuple[int, ...]:
+    """`_ids(a, b)`, fast."""
+    if a is None:
+        return () if b is None else (b,)
+    if b is None or a == b:
+        return (a,)
+    return (a, b) if a < b else (b, a)
+
+
 class _BlockBuilder:
+    """Builds the block schedule as columns.
+
+    What an op is and how big (its payload) depends only on the step, the micro-batch
+    and whether the layer is the first or the last, so the builder works it out once per
+    (phase, step, micro-batch, layer class) as a *template* of payloads and, per op,
+    records only the payload, the item and the dependencies. A first walk over the items
+    touches every template in issue order, which gives the memory plan's sizes before a
+    single op exists: a point that does not fit is rejected at once.
+    """
+
     def __init__(self, point: PointSpec, scheme: CacheScheme, options: BlockOptions | None = None) -> None:
         self.point = point
         self.m = point.model
@@ -84,50 +111,60 @@ class _BlockBuilder:
         self.gbs = point.gpu_batch_size
         self.k = self.pol.num_gpu_batches
         self.L = self.m.layers
+        m = self.m
+        # model-derived numbers, as plain ints (pydantic properties are slow in a loop)
+        self.p = m.dtype_bytes
+        self.hidden = m.hidden
+        self.kv_hidden = m.kv_hidden
+        self.kv_tok = m.kv_bytes_per_token
+        self.act_tok = m.act_bytes_per_token
+        self.pinned = self.pol.pinned
+        self.cpu_attention = self.pol.cpu_attention
         streamed = 1.0 - self.pol.weights_gpu_percent / 100.0
-        self.weight_link_bytes = round(self.m.weight_bytes_per_layer * streamed)
-        early = round(kv_proj_early_params(self.m) * self.m.dtype_bytes * streamed) if self.opts.early_kv_proj else 0
+        self.weight_link_bytes = round(m.weight_bytes_per_layer * streamed)
+        early = round(kv_proj_early_params(m) * m.dtype_bytes * streamed) if self.opts.early_kv_proj else 0
         #: (part, bytes) of each layer's streamed weights, in load order
         self.weight_parts = [(n, b) for n, b in (("kv_proj", early), ("rest", self.weight_link_bytes - early)) if b]
         self.cache_host_fraction = 1.0 - self.pol.cache_gpu_percent / 100.0
-        self.ops: list[Op] = []
-        self.barrier: tuple[int, ...] = ()
-        self.early_weights: dict[tuple[int, int], int] = {}
-        # producers, by item or layer
-        self.weights: dict[tuple[int, int], int] = {}
-        self.cache_loads: dict[int, dict[OpKind, int]] = {}
-        self.attention: dict[int, int] = {}
-        self.ffn: dict[Item, int] = {}
-        self.recompute: dict[Item, int] = {}
-        self.lm_head: dict[tuple[int, int], int] = {}
-        self.stores: dict[int, list[int]] = {}
-        self.layer_tail: dict[tuple[int, int], list[int]] = {}
+        # uniform schemes give every GPU batch the same sizes: one template serves all
+        uniform = all(getattr(type(scheme), f) is getattr(CacheScheme, f)
+                      for f in ("mb_loads", "mb_recompute", "mb_prefill_stores", "mb_new_token_stores"))
+        self.j_key = (lambda j: 0) if uniform else (lambda j: j)
+        # payloads, interned, and what the memory plan reads of them
+        self.payloads: dict[tuple, int] = {}
+        self.payload_stream: list[Stream] = []
+        self.largest: dict[OpKind, int] = {}
+        self.workspace = 0
+        self._loads_t: dict[tuple, tuple] = {}
+        self._compute_t: dict[tuple, tuple] = {}
+        self._stores_t: dict[tuple, tuple] = {}
+        self._weights_t: tuple | None = None
 
-    # ---------------------------------------------------------------- helpers
-    def _add(self, kind: OpKind, item: Item, deps: Iterable[int | None] = (),
-             after: Iterable[int | None] = (), **sizes) -> int:
-        t, layer, j = item
-        op_id = len(self.ops)
-        pinned = self.opts.cache_pinned if kind in CACHE_LINK_KINDS else self.pol.pinned
-        self.ops.append(
-            Op(
-                id=op_id, stream=KIND_STREAM[kind], kind=kind, layer=layer, step=t,
-                micro_batch=j,
-                deps=tuple(sorted({d for d in deps if d is not None})),
-                after=tuple(sorted({a for a in (*after, *self.barrier) if a is not None})),
-                pinned=pinned if kind in LINK_KINDS else True, **sizes,
-            )
-        )
-        return op_id
+    # ---------------------------------------------------------------- payloads
+    def _payload(self, kind: OpKind, link_bytes: int = 0, flops: float = 0.0, hbm_bytes: int = 0,
+                 host_bytes: int = 0, kernels: int = 0, gpu_bytes: int = 0, workspace_bytes: int = 0,
+                 host_alloc_bytes: int = 0, shape: tuple = ()) -> int:
+        """The interned payload of one op (see `PAYLOAD_FIELDS`); notes its sizes for the plan.
+        Called in issue order the first time each template is needed."""
+        pinned = True  # only a copy has a host side
+        if kind in LINK_KINDS:
+            pinned = self.opts.cache_pinned if kind in CACHE_LINK_KINDS else self.pinned
+        stream = KIND_STREAM[kind]
+        key = (stream, kind, link_bytes, flops, hbm_bytes, host_bytes, kernels, gpu_bytes, workspace_bytes,
+               host_alloc_bytes, pinned, shape)
+        idx = self.payloads.get(key)
+        if idx is None:
+            idx = self.payloads[key] = len(self.payloads)
+            self.payload_stream.append(stream)
+        if gpu_bytes > self.largest.get(kind, 0):
+            self.largest[kind] = gpu_bytes
+        if workspace_bytes > self.workspace:
+            self.workspace = workspace_bytes
+        return idx
 
-    def _sync(self, since: int) -> None:
-        """FlexGen's barrier: every op issued from now on waits for all ops issued since
-        `since` (the last op of each stream, streams being in order)."""
-        last: dict[Stream, int] = {}
-        for op in self.ops[since:]:
-            last[op.stream] = op.id
-        if last:
-            self.barrier = tuple(sorted(last.values()))
+    def _work_payload(self, kind: OpKind, w: costs.Work, **sizes) -> int:
+        return self._payload(kind, flops=w.flops, hbm_bytes=w.hbm_bytes, kernels=w.kernels,
+                             workspace_bytes=w.workspace_bytes, **sizes)
 
     def _tok_shape(self, total: int) -> tuple[tuple[str, int], ...]:
         """Shape of a cache op moving `total` tokens over the GPU batch (batch x tokens = total)."""
@@ -135,16 +172,12 @@ class _BlockBuilder:
             return (("batch", self.gbs), ("tokens", total // self.gbs))
         return (("batch", 1), ("tokens", total), ("sequences", self.gbs))
 
-    def _work(self, w: costs.Work) -> dict:
-        return dict(flops=w.flops, hbm_bytes=w.hbm_bytes, kernels=w.kernels,
-                    workspace_bytes=w.workspace_bytes)
-
     def _state_bytes(self, kind: OpKind) -> int:
         """Bytes per token per layer of the state a load/store kind moves."""
         if kind in (OpKind.load_kv, OpKind.store_kv):
-            return self.m.kv_bytes_per_token
+            return self.kv_tok
         if kind in (OpKind.load_act, OpKind.store_act):
-            return self.m.act_bytes_per_token
+            return self.act_tok
         if kind is OpKind.load_tokens:
             return costs.TOKEN_ID_BYTES
         raise ValueError(kind)
@@ -153,206 +186,414 @@ class _BlockBuilder:
         """Tokens already in the cache when decode step `step` runs."""
         return self.wl.prompt_len + step - 1
 
-    # ------------------------------------------------------------------ build
-    def build(self, check_memory: bool) -> Schedule:
-        n, L, k = self.wl.gen_len, self.L, self.k
-        items: list[Item] = [(t, layer, j) for t in range(n) for layer in range(L) for j in range(k)]
-        layers = [(t, layer) for t in range(n) for layer in range(L)]
+    # --------------------------------------------------------------- templates
+    def _weights_template(self) -> tuple:
+        """((payload, is the early W_K/W_V part), ...) of one layer's weight loads."""
+        if self._weights_t is None:
+            parts = []
+            for part, nbytes in self.weight_parts:
+                shape = (("params", self.m.layer_params),)
+                if len(self.weight_parts) > 1:
+                    shape += (("part_bytes", nbytes), (part, 1))
+                parts.append((self._payload(OpKind.load_weights, link_bytes=nbytes, gpu_bytes=nbytes,
+                                            shape=shape), part == "kv_proj"))
+            self._weights_t = tuple(parts)
+        return self._weights_t
 
-        # A decode step's cache load of (layer, micro-batch) reads what the previous step's
-        # store of the same (layer, micro-batch) wrote, `per_step` items back. Normally that
-        # store is long issued when the load is prefetched; with very few layers x GPU
-        # batches it is not, and the load waits in `pending` until the store is issued.
-        per_step = L * k
-        pending: dict[int, int] = {}
+    def _loads_template(self, t: int, layer: int, j: int) -> tuple:
+        """((kind, payload), ...) of the cache loads of item (t, layer, j)."""
+        key = (t, self.j_key(j), layer == 0)
+        got = self._loads_t.get(key)
+        if got is not None:
+            return got
+        out = []
+        if t > 0 and not self.cpu_attention:
+            past = self._past(t)
+            wanted = dict(self.scheme.mb_loads(past, j, self.gbs))
+            if layer == 0:
+                wanted = {OpKind.load_tokens: self.gbs * self.scheme.token_id_tokens(past), **wanted}
+            for kind, total in wanted.items():
+                if total <= 0:
+                    continue
+                frac = 1.0 if kind is OpKind.load_tokens else self.cache_host_fraction
+                nbytes = round(total * self._state_bytes(kind) * frac)
+                if nbytes == 0:
+                    continue
+                out.append((kind, self._payload(kind, link_bytes=nbytes, gpu_bytes=nbytes,
+                                                shape=self._tok_shape(total))))
+        got = self._loads_t[key] = tuple(out)
+        return got
 
-        def load(idx: int) -> None:
-            needed = idx - per_step
-            if items[idx][0] == 0 or needed in self.stores:
-                self._emit_cache_loads(items, idx)
-            else:
-                pending[needed] = idx
+    def _compute_template(self, t: int, layer: int, j: int) -> tuple:
+        """The compute ops of item (t, layer, j), and the host bytes they keep.
 
-        def store(idx: int) -> None:
-            self._emit_stores(items, idx)
-            if idx in pending:
-                self._emit_cache_loads(items, pending.pop(idx))
-
-        self._emit_weight_load(layers, 0)
-        load(0)
-        since = 0
-        for i, item in enumerate(items):
-            t, layer, j = item
-            if self.opts.step_barrier:  # FlexGen: sync() ends every (layer, GPU batch) step
-                self._sync(since)
-                since = len(self.ops)
-            if j == 0 and t * L + layer + 1 < len(layers):
-                self._emit_weight_load(layers, t * L + layer + 1)
-            if i >= 1:
-                store(i - 1)  # one behind (issue order across streams does not change any stream's queue)
-            if i + 1 < len(items):
-                load(i + 1)  # one ahead
-            self._emit_compute(items, i)
-        store(len(items) - 1)
-        assert not pending, "a cache load was never issued"
-
-        meta = ScheduleMeta(
-            model=self.m.name, hardware=self.point.hardware.name, policy=self.pol.label,
-            layers=L, batch=self.wl.batch, gpu_batch_size=self.gbs, num_gpu_batches=k,
-            prompt_len=self.wl.prompt_len, gen_len=n,
-        )
-        plan, gpu_static, host_static = plan_memory(self.point, self.scheme, self.ops)
-        sched = Schedule(meta=meta, ops=tuple(self.ops), memory=plan,
-                         gpu_static_bytes=gpu_static, host_static_bytes=host_static)
-        if check_memory:
-            wl = self.wl
-            plan.check(f"{self.m.name} on {self.point.hardware.name}, {self.pol.label}, batch {wl.batch} "
-                       f"({k}x{self.gbs}), prompt {wl.prompt_len}, gen {wl.gen_len}")
-        return sched
-
-    def _emit_weight_load(self, layers: list[tuple[int, int]], idx: int) -> None:
-        if self.weight_link_bytes == 0:
-            return
-        t, layer = layers[idx]
-        # double buffer: overwrite the buffer of the layer two back once it is done
-        reuse = self.layer_tail.get(layers[idx - 2], []) if idx >= 2 else []
-        for part, nbytes in self.weight_parts:
-            shape = (("params", self.m.layer_params),)
-            if len(self.weight_parts) > 1:
-                shape += (("part_bytes", nbytes), (part, 1))
-            op = self._add(OpKind.load_weights, (t, layer, 0), after=reuse, link_bytes=nbytes,
-                           gpu_bytes=nbytes, shape=shape)
-            if part == "kv_proj":
-                self.early_weights[(t, layer)] = op
-            self.weights[(t, layer)] = op  # the last part: the whole layer has arrived
-
-    def _emit_cache_loads(self, items: list[Item], i: int) -> None:
-        t, layer, j = items[i]
-        loads: dict[OpKind, int] = {}
-        self.cache_loads[i] = loads
-        if t == 0 or self.pol.cpu_attention:
-            return
-        past = self._past(t)
-        reuse = self.attention.get(i - 2)
-        written = self.stores[i - self.L * self.k]  # the previous step's store of this (layer, micro-batch)
-        wanted = dict(self.scheme.mb_loads(past, j, self.gbs))
-        if layer == 0:
-            wanted = {OpKind.load_tokens: self.gbs * self.scheme.token_id_tokens(past), **wanted}
-        for kind, total in wanted.items():
-            if total <= 0:
-                continue
-            frac = 1.0 if kind is OpKind.load_tokens else self.cache_host_fraction
-            nbytes = round(total * self._state_bytes(kind) * frac)
-            if nbytes == 0:
-                continue
-            loads[kind] = self._add(
-                kind, items[i], deps=() if kind is OpKind.load_tokens else written, after=[reuse],
-                link_bytes=nbytes, gpu_bytes=nbytes, shape=self._tok_shape(total),
-            )
-
-    def _emit_compute(self, items: list[Item], i: int) -> None:
-        item = items[i]
-        t, layer, j = item
-        m, gbs = self.m, self.gbs
-        p = m.dtype_bytes
-        w = self.weights.get((t, layer))
-        hidden_in = self.ffn[t, layer - 1, j] if layer > 0 else self.lm_head.get((t - 1, j))
-        drained = self.stores.get(i - 2, [])
+        GPU attention: ("gpu", recompute kind or None, its payload, attention, ffn, lm_head or None, 0);
+        CPU attention: ("cpu", qkv_proj, store_qkv, cpu_attention, load_attn_out, out_proj, ffn,
+        lm_head or None, host bytes)."""
+        last = layer == self.L - 1
+        key = (t, self.j_key(j), last)
+        got = self._compute_t.get(key)
+        if got is not None:
+            return got
+        m, gbs, p = self.m, self.gbs, self.p
         if t == 0:
             new, past = self.wl.prompt_len, 0
         else:
             new, past = 1, self._past(t)
         shape = (("batch", gbs), ("new_tokens", new), ("past_tokens", past))
-        hidden_bytes = gbs * new * m.act_bytes_per_token
-
-        if t > 0 and self.pol.cpu_attention:
-            attn = self._emit_cpu_attention(i, item, w, hidden_in, drained, past)
+        hidden_bytes = gbs * new * self.act_tok
+        if t > 0 and self.cpu_attention:
+            qkv_bytes = gbs * (self.hidden + 2 * self.kv_hidden) * p
+            qkv = self._work_payload(OpKind.qkv_proj, costs.qkv_proj_work(m, gbs, 1), gpu_bytes=qkv_bytes,
+                                     shape=shape)
+            host_alloc = gbs * self.kv_tok
+            sent = self._payload(OpKind.store_qkv, link_bytes=qkv_bytes, host_alloc_bytes=host_alloc,
+                                 shape=shape)
+            flops, host_bytes = costs.cpu_attention_work(m, gbs, past + 1)
+            cpu = self._payload(OpKind.cpu_attention, flops=flops, host_bytes=host_bytes, shape=shape)
+            out_bytes = gbs * self.hidden * p
+            back = self._payload(OpKind.load_attn_out, link_bytes=out_bytes, gpu_bytes=out_bytes, shape=shape)
+            out = self._work_payload(OpKind.out_proj, costs.out_proj_work(m, gbs, 1), gpu_bytes=out_bytes,
+                                     shape=shape)
+            head = ("cpu", qkv, sent, cpu, back, out)
         else:
-            rec = None
-            loads = self.cache_loads.get(i, {})
+            host_alloc = 0
+            rec_kind = rec = None
             plan = self.scheme.mb_recompute(past, j, gbs) if t > 0 else None
             if plan is not None:
-                kind, total = plan
+                rec_kind, total = plan
                 tokens = total // gbs
-                if kind is OpKind.recompute_kv:
-                    work = costs.recompute_kv_work(m, total)
-                    rec = self._add(
-                        kind, item, deps=[self.early_weights.get((t, layer), w), loads.get(OpKind.load_act)],
-                        gpu_bytes=total * m.kv_bytes_per_token,
-                        shape=self._tok_shape(total), **self._work(work),
-                    )
+                if rec_kind is OpKind.recompute_kv:
+                    rec = self._work_payload(rec_kind, costs.recompute_kv_work(m, total),
+                                             gpu_bytes=total * self.kv_tok, shape=self._tok_shape(total))
                 else:  # recompute_layer: re-run this layer for the recomputed prefix
-                    prev = self.recompute.get((t, layer - 1, j)) if layer else loads.get(
-                        OpKind.load_tokens)
-                    last = layer == self.L - 1
                     work = costs.recompute_layer_work(m, gbs, tokens, last)
-                    out = gbs * tokens * (m.kv_bytes_per_token + (0 if last else m.act_bytes_per_token))
-                    rec = self._add(
-                        kind, item, deps=[w, prev], gpu_bytes=out,
-                        shape=(("batch", gbs), ("tokens", tokens), ("last_layer", int(last))),
-                        **self._work(work),
-                    )
-                    self.recompute[item] = rec
-            work = costs.attention_work(m, gbs, new, past)
-            attn = self._add(
-                OpKind.attention, item,
-                deps=[w, hidden_in, rec, loads.get(OpKind.load_kv)], after=drained,
-                gpu_bytes=gbs * new * m.kv_bytes_per_token + hidden_bytes,
-                shape=shape, **self._work(work),
-            )
-        self.attention[i] = attn
-        work = costs.ffn_work(m, gbs, new)
-        f = self._add(OpKind.ffn, item, deps=[w, attn], gpu_bytes=hidden_bytes, shape=shape,
-                      **self._work(work))
-        self.ffn[item] = f
-        tail = f
-        if layer == self.L - 1:
-            work = costs.lm_head_work(m, gbs)
-            tail = self.lm_head[(t, j)] = self._add(
-                OpKind.lm_head, item, deps=[f], gpu_bytes=gbs * p, shape=(("batch", gbs),),
-                **self._work(work),
-            )
-        self.layer_tail.setdefault((t, layer), []).append(tail)
+                    out = gbs * tokens * (self.kv_tok + (0 if last else self.act_tok))
+                    rec = self._work_payload(rec_kind, work, gpu_bytes=out,
+                                             shape=(("batch", gbs), ("tokens", tokens), ("last_layer", int(last))))
+            attn = self._work_payload(OpKind.attention, costs.attention_work(m, gbs, new, past),
+                                      gpu_bytes=gbs * new * self.kv_tok + hidden_bytes, shape=shape)
+            head = ("gpu", rec_kind, rec, attn)
+        ffn = self._work_payload(OpKind.ffn, costs.ffn_work(m, gbs, new), gpu_bytes=hidden_bytes, shape=shape)
+        lm = None
+        if last:
+            lm = self._work_payload(OpKind.lm_head, costs.lm_head_work(m, gbs), gpu_bytes=gbs * p,
+                                    shape=(("batch", gbs),))
+        got = self._compute_t[key] = (*head, ffn, lm, host_alloc)
+        return got
 
-    def _emit_cpu_attention(self, i: int, item: Item, w: int | None, hidden_in: int | None,
-                            drained: list[int], past: int) -> int:
-        """FlexGen's CPU attention: QKV on the GPU, attention over host-held K,V on the
-        CPU (which appends the new K,V there), the result back to the GPU."""
-        m, gbs = self.m, self.gbs
-        p = m.dtype_bytes
-        qkv_bytes = gbs * (m.hidden + 2 * m.kv_hidden) * p
-        shape = (("batch", gbs), ("new_tokens", 1), ("past_tokens", past))
-        work = costs.qkv_proj_work(m, gbs, 1)
-        qkv = self._add(OpKind.qkv_proj, item, deps=[w, hidden_in], after=drained,
-                        gpu_bytes=qkv_bytes, shape=shape, **self._work(work))
-        sent = self._add(OpKind.store_qkv, item, deps=[qkv], link_bytes=qkv_bytes,
-                         host_alloc_bytes=gbs * m.kv_bytes_per_token, shape=shape)
-        self.stores[i] = [sent]
-        flops, host_bytes = costs.cpu_attention_work(m, gbs, past + 1)
-        cpu = self._add(OpKind.cpu_attention, item, deps=[sent], flops=flops,
-                        host_bytes=host_bytes, shape=shape)
-        out_bytes = gbs * m.hidden * p
-        back = self._add(OpKind.load_attn_out, item, deps=[cpu], link_bytes=out_bytes,
-                         gpu_bytes=out_bytes, shape=shape)
-        work = costs.out_proj_work(m, gbs, 1)
-        return self._add(OpKind.out_proj, item, deps=[w, back], gpu_bytes=out_bytes,
-                         shape=shape, **self._work(work))
-
-    def _emit_stores(self, items: list[Item], i: int) -> None:
-        t, layer, j = items[i]
-        if t > 0 and self.pol.cpu_attention:
-            return  # the CPU appended the new K,V itself
-        if t == 0:
-            wanted = self.scheme.mb_prefill_stores(self.wl.prompt_len, j, self.gbs)
+    def _stores_template(self, t: int, j: int) -> tuple | None:
+        """(payloads of the stores of item (t, ., j), host bytes they keep); None: no stores
+        (CPU attention appends the new K,V itself)."""
+        key = (t, self.j_key(j))
+        if key in self._stores_t:
+            return self._stores_t[key]
+        if t > 0 and self.cpu_attention:
+            got = None
         else:
-            wanted = self.scheme.mb_new_token_stores(self._past(t), j, self.gbs)
-        ids = []
-        for kind, total in wanted.items():
-            nbytes = round(total * self._state_bytes(kind) * self.cache_host_fraction)
-            if nbytes == 0:
-                continue
-            ids.append(self._add(
-                kind, items[i], deps=[self.attention[i]], link_bytes=nbytes,
-                host_alloc_bytes=nbytes, shape=self._tok_shape(total),
-            ))
-        self.stores[i] = ids
+            if t == 0:
+                wanted = self.scheme.mb_prefill_stores(self.wl.prompt_len, j, self.gbs)
+            else:
+                wanted = self.scheme.mb_new_token_stores(self._past(t), j, self.gbs)
+            out, host = [], 0
+            for kind, total in wanted.items():
+                nbytes = round(total * self._state_bytes(kind) * self.cache_host_fraction)
+                if nbytes == 0:
+                    continue
+                out.append(self._payload(kind, link_bytes=nbytes, host_alloc_bytes=nbytes,
+                                         shape=self._tok_shape(total)))
+                host += nbytes
+            got = (tuple(out), host)
+        self._stores_t[key] = got
+        return got
+
+    # ------------------------------------------------------------------ build
+    def _items(self) -> list[Item]:
+        n, L, k = self.wl.gen_len, self.L, self.k
+        return [(t, layer, j) for t in range(n) for layer in range(L) for j in range(k)]
+
+    def _plan_walk(self) -> int:
+        """Make every template, in the order `build` first issues an op of each, so the plan
+        sees kinds in issue order (its items keep that order); returns the host bytes the
+        ops keep. Sizes depend only on (step, GPU batch, layer class), so this is
+        O(steps x GPU batches), not O(ops).
+
+        Where each template is first used, as (iteration, phase) of `_emit`'s loop: item x's
+        cache loads are issued in iteration x - 1 (phase 3; with one layer and one GPU batch a
+        decode load waits for the store before it: iteration x, phase 2.5), its stores in
+        iteration x + 1 (phase 2), its compute in iteration x (phase 4); weights come first.
+        """
+        n, L, k = self.wl.gen_len, self.L, self.k
+        uniform = self.j_key(1) == 0
+        js = range(1) if uniform else range(k)
+        mult = k if uniform else 1  # GPU batches sharing a template
+        deferred = L * k == 1
+        firsts: list[tuple[tuple[float, float], Callable[[], tuple | None]]] = []
+
+        def item(t: int, layer: int, j: int) -> int:
+            return (t * L + layer) * k + j
+
+        for t in range(n):
+            for j in js:
+                for layer in ({0, 1} if L > 1 else {0}):
+                    x = item(t, layer, j)
+                    pos = (x, 2.5) if deferred and t > 0 else (x - 1, 3)
+                    firsts.append((pos, functools.partial(self._loads_template, t, layer, j)))
+                for layer in ({0, L - 1} if L > 1 else {0}):
+                    firsts.append(((item(t, layer, j), 4), functools.partial(self._compute_template, t, layer, j)))
+                firsts.append(((item(t, 0, j) + 1, 2), functools.partial(self._stores_template, t, j)))
+        if self.weight_link_bytes:
+            self._weights_template()
+        host = 0
+        for _, make in sorted(firsts, key=lambda f: f[0]):
+            make()
+        for t in range(n):
+            for j in js:
+                st = self._stores_template(t, j)
+                if st is not None:
+                    host += st[1] * L * mult
+                first = self._compute_template(t, 0, j)[-1]
+                last = self._compute_template(t, L - 1, j)[-1]
+                host += (first * (L - 1) + last) * mult if L > 1 else last * mult
+        return host
+
+    def build(self, check_memory: bool) -> Schedule:
+        n, L, k = self.wl.gen_len, self.L, self.k
+        items = self._items()
+        meta = ScheduleMeta(
+            model=self.m.name, hardware=self.point.hardware.name, policy=self.pol.label,
+            layers=L, batch=self.wl.batch, gpu_batch_size=self.gbs, num_gpu_batches=k,
+            prompt_len=self.wl.prompt_len, gen_len=n,
+        )
+        cache_on_host = self._plan_walk()
+        plan, gpu_static, host_static = plan_from_sizes(self.point, self.scheme, self.largest, self.workspace,
+                                                        cache_on_host)
+        if check_memory:
+            wl = self.wl
+            plan.check(f"{self.m.name} on {self.point.hardware.name}, {self.pol.label}, batch {wl.batch} "
+                       f"({k}x{self.gbs}), prompt {wl.prompt_len}, gen {wl.gen_len}")
+        cols = self._emit(items)
+        payloads = [None] * len(self.payloads)
+        for key, idx in self.payloads.items():
+            payloads[idx] = key
+        return Schedule.from_columns(meta, plan, payloads, *cols, gpu_static_bytes=gpu_static,
+                                     host_static_bytes=host_static)
+
+    def _emit(self, items: list[Item]):
+        """Issue every op in FlexGen's program order (see the module docstring); returns the
+        columns (payload, layer, step, micro-batch, deps, after).
+
+        One loop, inlined, with op ids counted rather than looked up: this is the hot path
+        of a sweep. Per op it appends a code (payload x items + item), the deps and the
+        `after` list."""
+        L, k = self.L, self.k
+        n_items = len(items)
+        n_layers = self.wl.gen_len * L
+        per_step = L * k
+        barrier_on = self.opts.step_barrier
+        N = n_items
+        # templates of every item, payloads pre-multiplied into codes (payload * N + item)
+        loads_t, compute_t, stores_t = self._loads_template, self._compute_template, self._stores_template
+
+        def coded_loads(tpl):
+            """(codes, is-token-ids flags, offsets of the load_kv / load_act / load_tokens op or None)."""
+            kinds = [kind for kind, _ in tpl]
+
+            def off(kind):
+                return kinds.index(kind) if kind in kinds else None
+
+            return (tuple(pay * N for _, pay in tpl), tuple(kind is OpKind.load_tokens for kind in kinds),
+                    off(OpKind.load_kv), off(OpKind.load_act), off(OpKind.load_tokens))
+
+        def coded_compute(tpl):
+            if tpl[0] == "cpu":
+                return ("cpu", *(x * N for x in tpl[1:6]), tpl[6] * N, None if tpl[7] is None else tpl[7] * N)
+            _, rec_kind, rec, attn, ffn, lm, _host = tpl
+            return ("gpu", rec_kind, None if rec is None else rec * N, attn * N, ffn * N,
+                    None if lm is None else lm * N)
+
+        def coded_stores(tpl):
+            return None if tpl is None else tuple(p * N for p in tpl[0])
+
+        # per item, built a step at a time: a template serves a whole layer class
+        LT: list = []
+        CT: list = []
+        ST: list = []
+        for t in range(self.wl.gen_len):
+            first = [coded_loads(loads_t(t, 0, j)) for j in range(k)]
+            rest = [coded_loads(loads_t(t, 1, j)) for j in range(k)] if L > 1 else []
+            LT += first + rest * (L - 1)
+            mid = [coded_compute(compute_t(t, 0, j)) for j in range(k)] if L > 1 else []
+            CT += mid * (L - 1) + [coded_compute(compute_t(t, L - 1, j)) for j in range(k)]
+            ST += [coded_stores(stores_t(t, j)) for j in range(k)] * L
+        weights_t = tuple((pay * N, is_early) for pay, is_early in self._weights_template()) \
+            if self.weight_link_bytes else ()
+
+        PC: list[int] = []  # payload * N + item, per op
+        DEPS: list[tuple[int, ...]] = []
+        AFTER: list[tuple[int, ...]] = []
+        pc_app, d_app, a_app = PC.append, DEPS.append, AFTER.append
+        nid = 0  # the next op id
+        barrier: tuple[int, ...] = ()
+        bset: set[int] = set()
+
+        # producers, by item or by layer index (t * L + layer)
+        weights: list[int | None] = [None] * n_layers
+        early: list[int | None] = [None] * n_layers
+        attention: list[int] = [0] * n_items
+        tail: list[int] = [0] * n_items  # the ffn, or the LM head on the last layer
+        ffn_of: list[int] = [0] * n_items
+        lm_of: list[int | None] = [None] * n_items
+        rec_of: list[int | None] = [None] * n_items
+        stores: list[tuple[int, ...] | None] = [None] * n_items
+        loads_first: list[int] = [0] * n_items  # id of each item's first cache load
+        pending: dict[int, int] = {}
+        recompute_kv = OpKind.recompute_kv
+
+        def weight_load(idx: int, nid: int) -> int:
+            # double buffer: overwrite the buffer of the layer two back once it is done
+            after = tuple(tail[(idx - 2) * k:(idx - 1) * k]) if idx >= 2 else ()
+            if barrier:
+                after = tuple(sorted(bset.union(after)))
+            item = idx * k
+            for code, is_early in weights_t:
+                pc_app(code + item)
+                d_app(())
+                a_app(after)
+                if is_early:
+                    early[idx] = nid
+                weights[idx] = nid  # the last part: the whole layer has arrived
+                nid += 1
+            return nid
+
+        def emit_loads(i: int, nid: int) -> int:
+            codes, tok, *_ = LT[i]
+            if not codes:
+                return nid
+            loads_first[i] = nid
+            after = (attention[i - 2],) if i >= 2 else ()
+            if barrier:
+                after = tuple(sorted(bset.union(after)))
+            written = stores[i - per_step]  # the previous step's store of this (layer, micro-batch)
+            for code, is_tok in zip(codes, tok, strict=True):
+                pc_app(code + i)
+                d_app(() if is_tok else written)
+                a_app(after)
+                nid += 1
+            return nid
+
+        if weights_t:
+            nid = weight_load(0, nid)
+        nid = emit_loads(0, nid)
+        since = 0
+        pstream = self.payload_stream
+        for i in range(n_items):
+            t, layer, j = items[i]
+            if barrier_on:  # FlexGen: sync() ends every (layer, GPU batch) step
+                last: dict[Stream, int] = {}
+                for op in range(since, nid):
+                    last[pstream[PC[op] // N]] = op
+                if last:
+                    barrier = tuple(sorted(last.values()))
+                    bset = set(barrier)
+                since = nid
+            plain = barrier
+            li = t * L + layer
+            if j == 0 and li + 1 < n_layers and weights_t:
+                nid = weight_load(li + 1, nid)
+            # store(i - 1): one behind (issue order across streams does not change any stream's queue)
+            if i >= 1:
+                st = ST[i - 1]
+                if st is not None:
+                    deps = (attention[i - 1],)
+                    first = nid
+                    for code in st:
+                        pc_app(code + i - 1)
+                        d_app(deps)
+                        a_app(plain)
+                        nid += 1
+                    stores[i - 1] = tuple(range(first, nid))
+                if pending and i - 1 in pending:
+                    nid = emit_loads(pending.pop(i - 1), nid)
+            # load(i + 1): one ahead
+            if i + 1 < n_items:
+                if items[i + 1][0] == 0 or stores[i + 1 - per_step] is not None:
+                    codes, tok, *_ = LT[i + 1]
+                    if codes:  # emit_loads(i + 1), inlined
+                        loads_first[i + 1] = nid
+                        after = (attention[i - 1],) if i >= 1 else ()
+                        if barrier:
+                            after = tuple(sorted(bset.union(after)))
+                        written = stores[i + 1 - per_step]
+                        for code, is_tok in zip(codes, tok, strict=True):
+                            pc_app(code + i + 1)
+                            d_app(() if is_tok else written)
+                            a_app(after)
+                            nid += 1
+                else:
+                    pending[i + 1 - per_step] = i + 1
+            # compute(i)
+            tpl = CT[i]
+            w = weights[li]
+            hidden_in = (ffn_of[i - k] if layer > 0 else lm_of[i - k]) if i >= k else None
+            drained = stores[i - 2] if i >= 2 else ()
+            if barrier:
+                drained = tuple(sorted(bset.union(drained)))
+            if tpl[0] == "cpu":
+                _, qkv_c, sent_c, cpu_c, back_c, out_c, ffn_c, lm_c = tpl
+                qkv = nid
+                sent, cpu, back, attn = qkv + 1, qkv + 2, qkv + 3, qkv + 4
+                PC.extend((qkv_c + i, sent_c + i, cpu_c + i, back_c + i, out_c + i))
+                DEPS.extend((_ids2(w, hidden_in), (qkv,), (sent,), (cpu,), _ids2(w, back)))
+                AFTER.extend((drained, plain, plain, plain, plain))
+                stores[i] = (sent,)
+                nid += 5
+            else:
+                _, rec_kind, rec_c, attn_c, ffn_c, lm_c = tpl
+                _, _, kv_off, act_off, tok_off = LT[i]
+                base = loads_first[i]
+                rec = None
+                if rec_c is not None:
+                    if rec_kind is recompute_kv:
+                        e = early[li]
+                        deps = _ids2(w if e is None else e, None if act_off is None else base + act_off)
+                    else:  # recompute_layer: re-run this layer for the recomputed prefix
+                        deps = _ids2(w, rec_of[i - k] if layer else (None if tok_off is None else base + tok_off))
+                        rec_of[i] = nid
+                    rec = nid
+                    pc_app(rec_c + i)
+                    d_app(deps)
+                    a_app(plain)
+                    nid += 1
+                attn = nid
+                pc_app(attn_c + i)
+                d_app(_ids(w, hidden_in, rec, None if kv_off is None else base + kv_off))
+                a_app(drained)
+                nid += 1
+            attention[i] = attn
+            ffn_of[i] = nid
+            pc_app(ffn_c + i)
+            d_app((attn,) if w is None else (w, attn))  # the weights arrived before attention was issued
+            a_app(plain)
+            nid += 1
+            if lm_c is not None:
+                lm_of[i] = tail[i] = nid
+                pc_app(lm_c + i)
+                d_app((nid - 1,))
+                a_app(plain)
+                nid += 1
+            else:
+                tail[i] = nid - 1
+        # store(n_items - 1)
+        st = ST[n_items - 1]
+        if st is not None:
+            deps = (attention[n_items - 1],)
+            for code in st:
+                pc_app(code + n_items - 1)
+                d_app(deps)
+                a_app(barrier)
+        assert not pending, "a cache load was never issued"
+
+        pc = np.asarray(PC, dtype=np.int64)
+        payload, it = np.divmod(pc, N)
+        return payload.tolist(), (it // k) % L, it // per_step, it % k, DEPS, AFTER
