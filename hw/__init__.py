@@ -5,8 +5,9 @@
 - `kernels`: one decoder layer in PyTorch (OPT and LLaMA), split the way the
   schedule's op kinds split it;
 - `plan`: static facts about a schedule the executor needs (which host-cache
-  entries each load/store touches) and a happens-before check that every host
-  read is ordered after its writer by the schedule itself;
+  positions each load/store touches, derived from the point's cache scheme; which
+  weight ranges each `load_weights` moves) and a happens-before check that every
+  host read is ordered after its writer by the schedule itself;
 - `buffers`: host buffers (pinned or pageable) and device double buffers;
 - `runner`: what one op does, by kind, on those buffers;
 - `executor`: one issuing thread per schedule stream, CUDA or CPU backend, timing

@@ -4,6 +4,12 @@ The output has the shape of `hssim run` (same point columns and metric names, so
 the `--json` objects of both can be diffed), plus what only a measurement has:
 the executor and device, pinned or pageable host memory, the repeats, and, for a
 scaled run, how many of the model's layers ran (`layers_run` of `model_layers`).
+
+`--dtype auto` (the default) runs a fp16 model in bf16 on the CPU backend: a CPU has
+native bf16 GEMMs but only emulates fp16 (many times slower, so the measurement
+would time the emulation); bf16 moves the same bytes. `hssim validate` does the
+same. The output says which dtype ran. Progress (warm-up / repeat i of n) goes to
+stderr.
 """
 
 from __future__ import annotations
@@ -26,11 +32,13 @@ from ..sim.scenario import ScenarioError
 @click.option("--layers", type=int, default=None, help="run only the first K layers (real per-layer shapes)")
 @click.option("--repeats", type=int, default=3, show_default=True, help="timed runs; the median is reported")
 @click.option("--warmup", type=int, default=1, show_default=True, help="untimed runs first")
+@click.option("--dtype", type=click.Choice(["auto", "fp16", "bf16", "fp32"]), default="auto", show_default=True,
+              help="dtype to run in; auto: the model's, except fp16 runs as bf16 on the CPU (fp16 is emulated there)")
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as one JSON object")
 @click.option("--timeline", type=click.Path(dir_okay=False), default=None,
               help="write the measured op timeline (.parquet or .csv)")
 def measure(scenario: str, policy: str | None, sets: tuple[str, ...], device: str, layers: int | None,
-            repeats: int, warmup: int, as_json: bool, timeline: str | None) -> None:
+            repeats: int, warmup: int, dtype: str, as_json: bool, timeline: str | None) -> None:
     """Run one point of SCENARIO's schedule with real kernels and copies; print measured metrics."""
     try:
         import torch  # noqa: F401
@@ -45,13 +53,26 @@ def measure(scenario: str, policy: str | None, sets: tuple[str, ...], device: st
         point = scaled_point(full, layers)
         if device == "cuda":
             _require_cuda()
-        meas = measure_point(point, device, repeats=repeats, warmup=warmup)
+        run_dtype = run_dtype_for(point.model.dtype, device, dtype)
+        if run_dtype != point.model.dtype:
+            point = point.model_copy(update={"model": point.model.model_copy(update={"dtype": run_dtype})})
+            click.echo(f"note: running the {full.model.dtype} model in {run_dtype} on the {device} backend"
+                       + (" (the CPU only emulates fp16; --dtype fp16 to force it)" if dtype == "auto" else ""),
+                       err=True)
+
+        def progress(msg: str) -> None:
+            click.echo(f"hssim measure: {msg}", err=True)
+
+        meas = measure_point(point, device, repeats=repeats, warmup=warmup, progress=progress)
     except (ScenarioError, MemoryPlanError, ExecutorError) as e:
         raise UserError(str(e)) from None
     metrics = meas.metrics()
     extra = {
         "executor": f"hw-{device}", "device": meas.device_name,
-        "host_memory": "pinned" if meas.pinned else "pageable",
+        "host_memory": meas.host_memory["weights"],
+        "host_memory_weights": meas.host_memory["weights"], "host_memory_cache": meas.host_memory["cache"],
+        "host_bytes_weights": meas.host_bytes["weights"], "host_bytes_cache": meas.host_bytes["cache"],
+        "dtype": point.model.dtype, "model_dtype": full.model.dtype,
         "layers_run": point.model.layers, "model_layers": full.model.layers,
         "scaled": point.model.layers != full.model.layers,
         "repeats": repeats, "runs_s": meas.runs_s,
@@ -63,8 +84,18 @@ def measure(scenario: str, policy: str | None, sets: tuple[str, ...], device: st
         return
     scale = (f", first {point.model.layers} of {full.model.layers} layers"
              if extra["scaled"] else "")
-    print_metrics(full, metrics, f"{full.scenario}: {full.policy.label} (measured on {meas.device_name}, "
-                                 f"{extra['host_memory']} host memory{scale}; median of {repeats})")
+    dt = f", {point.model.dtype}" + (f" (model {full.model.dtype})" if point.model.dtype != full.model.dtype else "")
+    print_metrics(full, metrics, f"{full.scenario}: {full.policy.label} (measured on {meas.device_name}{dt}, "
+                                 f"host weights {meas.host_memory['weights']}, host cache {meas.host_memory['cache']}"
+                                 f"{scale}; median of {repeats})")
+
+
+def run_dtype_for(model_dtype: str, device: str, requested: str) -> str:
+    """The dtype a measurement runs in: `requested`, or for `auto` the model's, fp16 becoming bf16
+    on the CPU backend."""
+    if requested != "auto":
+        return requested
+    return "bf16" if device == "cpu" and model_dtype == "fp16" else model_dtype
 
 
 def _require_cuda() -> None:

@@ -31,6 +31,7 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,7 +42,7 @@ from ..sim.metrics import run_metrics
 from ..sim.policies import build_schedule
 from ..sim.schedule import Op, Schedule, Stream
 from ..sim.specs import PointSpec
-from .buffers import DeviceBuffers, HostBuffers
+from .buffers import DeviceBuffers, HostBuffers, host_pinning
 from .plan import ExecPlan, build_plan, host_hazards
 from .runner import OpRunner
 from .weights import ModelWeights, random_weights
@@ -208,11 +209,14 @@ class Measurement:
     result: SimResult  # the median run
     device: str
     device_name: str
-    pinned: bool
+    pinned: bool  # the streamed weights' host memory was pinned
+    host_memory: dict[str, str]  # "weights" / "cache" -> "pinned" | "pageable"
+    host_bytes: dict[str, int]  # "weights" / "cache" -> host bytes allocated
     runs_s: list[float]
     tokens: np.ndarray  # generated token ids [batch, gen_len] (of the last run)
     captured: dict[int, torch.Tensor] = field(default_factory=dict)
     host: HostBuffers | None = None  # the host buffers after the last run (cache, token ids)
+    copied: dict[int, int] = field(default_factory=dict)  # link op id -> bytes it copied (last run)
 
     def metrics(self) -> dict[str, float]:
         return run_metrics(self.result)
@@ -228,8 +232,11 @@ def check_supported(point: PointSpec) -> None:
                             "positions")
 
 
-def prepare_plan(schedule: Schedule) -> ExecPlan:
-    plan = build_plan(schedule)
+def prepare_plan(schedule: Schedule, point: PointSpec) -> ExecPlan:
+    try:
+        plan = build_plan(schedule, point)
+    except ValueError as e:
+        raise ExecutorError(f"cannot map the schedule onto host buffers: {e}") from None
     hazards = host_hazards(plan)
     if hazards:
         w, r = hazards[0]
@@ -242,30 +249,37 @@ def prepare_plan(schedule: Schedule) -> ExecPlan:
 
 def measure_point(point: PointSpec, device: str = "cpu", repeats: int = 3, warmup: int = 1,
                   weights: ModelWeights | None = None, prompt_ids: torch.Tensor | None = None,
-                  seed: int = 0, capture: bool = False, fused_qkv: bool = True) -> Measurement:
+                  seed: int = 0, capture: bool = False, fused_qkv: bool = True,
+                  progress: Callable[[str], None] | None = None, count_copies: bool = False) -> Measurement:
     """Build `point`'s schedule, run it on `device`, return the median of `repeats` timed runs.
 
     `prompt_ids` `[prompt_len, batch]` (default: random ids); `weights` default to
     random weights of the real shapes. `capture=True` keeps every rebuilt K,V
     (recompute ops) on the host, which synchronises: for numerics, not timing.
+    `progress` is told "warm-up i of n" / "repeat i of n" before each run.
+    `count_copies=True` records the bytes every link op copied (`Measurement.copied`,
+    last run), a little host work inside each timed op: for tests, not timing.
     """
     if repeats < 1 or warmup < 0:
         raise ExecutorError("repeats must be >= 1 and warmup >= 0")
     check_supported(point)
     schedule = build_schedule(point)
     schedule.validate()
-    plan = prepare_plan(schedule)
+    plan = prepare_plan(schedule, point)
     backend = make_backend(device, schedule)
     m, wl = point.model, point.workload
     if prompt_ids is None:
         gen = torch.Generator().manual_seed(seed + 1)
         prompt_ids = torch.randint(0, m.vocab, (wl.prompt_len, wl.batch), generator=gen, dtype=torch.int32)
     weights = weights or random_weights(m, seed)
-    pinned = point.policy.pinned and device == "cuda"
-    host = HostBuffers.allocate(point, plan, weights, prompt_ids, pinned)
+    # each host buffer pinned or pageable as the ops that move it say (FlexGen: pageable K,V)
+    pinning = host_pinning(schedule, device, point.policy.pinned)
+    host = HostBuffers.allocate(point, plan, weights, prompt_ids, pinning)
     dev = DeviceBuffers.allocate(point, plan, weights, prompt_ids, backend.device)
     captured: dict[int, torch.Tensor] = {}
-    runner = OpRunner(point, plan, host, dev, fused_qkv=fused_qkv, capture=captured if capture else None)
+    copied: dict[int, int] = {}
+    runner = OpRunner(point, plan, host, dev, fused_qkv=fused_qkv, capture=captured if capture else None,
+                      copied=copied if count_copies else None)
     active = sum(1 for s in Stream if schedule.stream_ops(s))
     threads = torch.get_num_threads() if device == "cuda" else (os.cpu_count() or 1) // active
     runs = []
@@ -273,6 +287,9 @@ def measure_point(point: PointSpec, device: str = "cpu", repeats: int = 3, warmu
         for i in range(warmup + repeats):
             if i:
                 backend = make_backend(device, schedule)
+            copied.clear()
+            if progress is not None:
+                progress(f"warm-up {i + 1} of {warmup}" if i < warmup else f"repeat {i - warmup + 1} of {repeats}")
             start, end = run_once(schedule, runner, backend)
             if i >= warmup:
                 runs.append((int(end.max()), start, end))
@@ -283,18 +300,18 @@ def measure_point(point: PointSpec, device: str = "cpu", repeats: int = 3, warmu
     return Measurement(
         point=point, schedule=schedule, result=result, device=device,
         device_name=torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        pinned=pinned, runs_s=[r[0] / 1e9 for r in runs],
+        pinned=pinning["weights"], host_memory=host.memory(), host_bytes=host.nbytes(),
+        runs_s=[r[0] / 1e9 for r in runs],
         tokens=tokens.reshape(wl.gen_len, wl.batch).T.numpy().copy(),
-        captured=captured, host=host,
+        captured=captured, host=host, copied=dict(copied),
     )
 
 
 def scaled_point(point: PointSpec, layers: int | None) -> PointSpec:
-    """`point` with only the first `layers` layers of its model (real per-layer shapes)."""
-    if layers is None or layers == point.model.layers:
-        return point
-    if not 1 <= layers <= point.model.layers:
-        raise ExecutorError(f"--layers {layers}: the model has {point.model.layers} layers")
-    model = point.model.model_copy(update={"layers": layers})
-    return PointSpec(scenario=point.scenario, model=model, hardware=point.hardware,
-                     workload=point.workload, policy=point.policy)
+    """`point` with only the first `layers` layers of its model (see `hssim.sim.api.scaled_point`)."""
+    from ..sim.api import scaled_point as scale
+
+    try:
+        return scale(point, layers)
+    except ValueError as e:
+        raise ExecutorError(str(e)) from None

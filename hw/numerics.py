@@ -17,7 +17,7 @@ import torch
 
 from ..sim.presets import HARDWARE
 from ..sim.schedule import OpKind
-from ..sim.specs import ModelSpec, PointSpec, PolicySpec, WorkloadSpec
+from ..sim.specs import HardwareSpec, ModelSpec, PointSpec, PolicySpec, WorkloadSpec
 from .executor import Measurement, measure_point
 from .plan import build_plan
 from .weights import LayerLayout, ModelWeights
@@ -121,9 +121,11 @@ class NumericsReport:
 
 
 def check_policy(model, m: ModelSpec, policy: PolicySpec, batch: int = 4, prompt_len: int = 8,
-                 gen_len: int = 6, seed: int = 0) -> NumericsReport:
-    """Generate greedily through the executor under `policy`; compare with Hugging Face."""
-    point = PointSpec(scenario="numerics", model=m, hardware=HARDWARE["a100-40gb-pcie4"],
+                 gen_len: int = 6, seed: int = 0, hardware: HardwareSpec | None = None) -> NumericsReport:
+    """Generate greedily through the executor under `policy`; compare with Hugging Face.
+
+    `hardware` (default the A100 preset) only shapes the schedule (e.g. KVPR's split)."""
+    point = PointSpec(scenario="numerics", model=m, hardware=hardware or HARDWARE["a100-40gb-pcie4"],
                       workload=WorkloadSpec(batch=batch, prompt_len=prompt_len, gen_len=gen_len), policy=policy)
     gen = torch.Generator().manual_seed(seed)
     prompt_ids = torch.randint(3, m.vocab, (prompt_len, batch), generator=gen, dtype=torch.int32)
@@ -138,34 +140,37 @@ def check_policy(model, m: ModelSpec, policy: PolicySpec, batch: int = 4, prompt
 
 
 def _rebuilt_error(meas: Measurement, ref_kv: list[torch.Tensor]) -> tuple[float, int]:
+    """Every rebuilt K,V row (at its position and sequence) vs Hugging Face's."""
     sched, gbs = meas.schedule, meas.point.gpu_batch_size
-    plan = build_plan(sched)
+    plan = build_plan(sched, meas.point)
     err, rows = 0.0, 0
     for op_id, rebuilt in meas.captured.items():
         op = sched.ops[op_id]
         if op.kind is OpKind.recompute_kv:
             load = next(sched.ops[d] for d in op.deps if sched.ops[d].kind is OpKind.load_act)
-            positions = list(plan.positions[load.id])
+            pos, seq = plan.access[load.id].row_index(gbs)
         else:
-            positions = list(range(op.shape_dict["tokens"]))
-        seqs = slice(op.micro_batch * gbs, (op.micro_batch + 1) * gbs)
-        expected = ref_kv[op.layer][positions, seqs]
-        err = max(err, float((rebuilt - expected).abs().max()))
-        rows += len(positions)
+            tokens = op.shape_dict["tokens"]
+            pos, seq = np.repeat(np.arange(tokens), gbs), np.tile(np.arange(gbs), tokens)
+        expected = ref_kv[op.layer][pos, op.micro_batch * gbs + seq]
+        err = max(err, float((rebuilt.reshape(len(pos), -1) - expected).abs().max()))
+        rows += len(pos)
     return err, rows
 
 
 def _cached_error(meas: Measurement, ref_kv: list[torch.Tensor]) -> float:
     """Every K,V entry the host cache holds after the run vs Hugging Face's."""
-    plan = build_plan(meas.schedule)
+    plan = build_plan(meas.schedule, meas.point)
     gbs = meas.point.gpu_batch_size
     err = 0.0
-    for op in meas.schedule.ops:
-        r = plan.ranges.get(op.id)
-        if r is None or r.cls != "kv" or op.kind not in (OpKind.load_kv, OpKind.cpu_attention):
+    for (layer, j, cls), lanes in plan.held.items():
+        if cls != "kv":
             continue
-        positions = list(plan.positions.get(op.id, range(r.stop)))
-        cached = meas.host.cache[(r.layer, r.micro_batch, "kv")][r.start:r.stop]
-        seqs = slice(r.micro_batch * gbs, (r.micro_batch + 1) * gbs)
-        err = max(err, float((cached - ref_kv[r.layer][positions, seqs]).abs().max()))
+        host = meas.host.cache[(layer, j, cls)]
+        for seq, positions in lanes:
+            if seq < 0:
+                cached, seqs = host[:len(positions)], slice(j * gbs, (j + 1) * gbs)
+            else:
+                cached, seqs = host[seq, :len(positions)], j * gbs + seq
+            err = max(err, float((cached - ref_kv[layer][positions, seqs]).abs().max()))
     return err

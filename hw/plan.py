@@ -2,13 +2,37 @@
 
 Host cache layout: per layer and micro-batch, each kind of held state ("kv" pairs,
 "act" input activations) is an append-only list of token entries in position
-order. A prefill store of `a` activations writes positions `[0, a)`; a prefill
-store of `c` K,V pairs writes the last `c` prompt positions; a decode store (or
-FlexGen's CPU attention, which appends K,V itself) writes position `past`. A load
-of `T` tokens of a kind at a step takes the last `T` entries written for positions
-before that step's `past`: a contiguous block. Token ids ("tokens") are indexed by
-position; the prompt is written before the run, and the LM head of step `t`
-writes position `prompt + t`.
+order. Which positions a store writes and a load reads is derived from the
+point's cache scheme (`scheme_for(point.policy, point)`, the scheme the schedule
+was built from), never guessed from the op sizes:
+
+- prefill: a scheme that keeps `a` of the prompt as activations keeps the prefix
+  `[0, a)` (hybrid), a scheme that keeps `c` as K,V keeps the last `c` prompt
+  positions (hybrid, token-recompute); KVPR keeps every position as both;
+- decode: the token at position `past` is stored as the scheme says (FlexGen's
+  CPU attention appends it to the K,V list itself);
+- a decode load at `past` reads: KVPR, the activations of the prefix `[0, l)`
+  and the K,V of `[l, past)` (`l = split(past)`); token-recompute, the K,V of
+  `[prefix, past)` and the token ids of `[0, prefix)`; HybridServe, per
+  sequence, the positions of its K,V blocks as K,V and the rest as activations;
+  every other scheme, every entry of the kind stored before `past`.
+
+Every count is checked against the op's own size. Uniform schemes hold the same
+positions for every sequence of a GPU batch: their lists are token-major
+(`[entries, gbs, width]`), so a load or store is one contiguous copy.
+HybridServe's sequences differ (a request's blocks sit in the K,V pool or the
+activation pool): its lists are sequence-major (`[gbs, entries, width]`, each
+request's blocks contiguous, as in HybridServe's block pools) and its loads pack
+the sequences' entries one after another into the load slot (`packed`), so the
+bytes moved are exactly the op's; executor sequence `s` of GPU batch `j` plays
+request `groups[j][s]` of the scheme's mini-batching. Token ids ("tokens") are
+indexed by position; the prompt is written before the run, and the LM head of
+step `t` writes position `prompt + t`.
+
+Weights: `WeightPlan` maps each `load_weights` op to the ranges of the layer's
+flat vector it moves (the whole streamed part, or KVPR's early part: the
+attention norm and the K,V rows of `W_QKV` and `b_QKV`; then the rest), sized
+from the op's `link_bytes`.
 
 `host_hazards` checks that the schedule itself orders every host-cache read after
 the op that wrote it (stream order plus `deps` plus `after`, transitively). The
@@ -22,11 +46,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..sim.policies.block import effective_point
+from ..sim.policies.hybridserve import HybridServe, block_flags, form_mini_batches, kv_prefix_tokens
+from ..sim.policies.kvpr import KVPR
+from ..sim.policies.schemes import CacheScheme, TokenRecompute, scheme_for
 from ..sim.schedule import Op, OpKind, Schedule, Stream
+from ..sim.specs import ModelSpec, PointSpec
+from .weights import LayerLayout
 
 LOAD_CLASS = {OpKind.load_kv: "kv", OpKind.load_act: "act", OpKind.load_tokens: "tokens"}
 STORE_CLASS = {OpKind.store_kv: "kv", OpKind.store_act: "act"}
+CACHE_LOADS = (OpKind.load_kv, OpKind.load_act)
 STREAMS = tuple(Stream)
+ALL_SEQS = -1  # a token-major segment: every sequence of the GPU batch at once
 
 
 @dataclass(frozen=True)
@@ -44,22 +76,96 @@ class HostRange:
         return self.stop - self.start
 
 
+@dataclass(frozen=True)
+class Segment:
+    """One contiguous copy: entries `[start, stop)` of sequence `seq`'s host list
+    (`ALL_SEQS`: the token-major list of every sequence) and, on the device side, rows
+    from `row` on (a load: rows of the load slot, tokens if token-major; a store: rows
+    of the attention's new K,V / activation output)."""
+
+    seq: int
+    start: int
+    stop: int
+    row: int
+
+    @property
+    def n(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class CacheAccess:
+    """What one `load_kv`/`load_act`/`store_kv`/`store_act` moves."""
+
+    cls: str
+    layer: int
+    micro_batch: int
+    segments: tuple[Segment, ...]
+    #: position of each slot row (token-major: of each token; packed: of each row)
+    positions: np.ndarray
+    #: packed only: the sequence (within the GPU batch) of each slot row
+    seqs: np.ndarray | None = None
+
+    @property
+    def packed(self) -> bool:
+        return self.seqs is not None
+
+    def rows(self, gbs: int) -> int:
+        """Rows of `[.., width]` the access moves (token-major: tokens x sequences)."""
+        return len(self.positions) if self.packed else len(self.positions) * gbs
+
+    def row_index(self, gbs: int) -> tuple[np.ndarray, np.ndarray]:
+        """(position, sequence) of every moved row, in the slot's flat order."""
+        if self.packed:
+            return self.positions, self.seqs
+        return np.repeat(self.positions, gbs), np.tile(np.arange(gbs), len(self.positions))
+
+
+@dataclass(frozen=True)
+class WeightPlan:
+    """Which parts of a layer's flat weight vector stay on the device and which each
+    `load_weights` op streams. Both sides are compact: `resident` and `streamed` list
+    flat ranges in flat order; a streamed element's slot (and host) index is its rank
+    among the streamed elements."""
+
+    numel: int
+    resident: tuple[tuple[int, int], ...]
+    streamed: tuple[tuple[int, int], ...]
+    #: load_weights op id -> ranges of the compact streamed vector it copies
+    copies: dict[int, tuple[tuple[int, int], ...]]
+    #: parameter name -> pieces ("r" resident | "s" streamed, compact start, compact stop)
+    pieces: dict[str, tuple[tuple[str, int, int], ...]]
+    shapes: dict[str, tuple[int, ...]]
+
+    @property
+    def n_resident(self) -> int:
+        return sum(b - a for a, b in self.resident)
+
+    @property
+    def n_streamed(self) -> int:
+        return sum(b - a for a, b in self.streamed)
+
+
 @dataclass
 class ExecPlan:
     schedule: Schedule
     prompt_len: int
-    #: host entries each load, store and CPU attention reads or writes
+    gbs: int = 1
+    #: HybridServe: sequence-major host lists and packed load slots
+    packed: bool = False
+    #: kv/act loads and stores
+    access: dict[int, CacheAccess] = field(default_factory=dict)
+    #: host entries of each token-id load and CPU attention
     ranges: dict[int, HostRange] = field(default_factory=dict)
-    #: rows of the attention output a store copies, by store op id
-    src_rows: dict[int, tuple[int, int]] = field(default_factory=dict)
-    #: positions of the tokens a load_act carries (rotary needs them), by load op id
-    positions: dict[int, tuple[int, ...]] = field(default_factory=dict)
     #: entries each host list needs to hold, by class
     capacity: dict[str, int] = field(default_factory=dict)
-    #: most tokens any one load of a kind carries
-    max_load_tokens: dict[OpKind, int] = field(default_factory=dict)
+    #: rows (of `[.., width]`) the biggest load of a kind moves; token ids: tokens per sequence
+    max_rows: dict[OpKind, int] = field(default_factory=dict)
     #: ops whose writers must precede them: op id -> writer op ids
     writers: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    #: every position each host list holds after the run: (layer, mb, cls) -> [(seq, positions)]
+    held: dict[tuple[int, int, str], list[tuple[int, np.ndarray]]] = field(default_factory=dict)
+    weights: WeightPlan | None = None
 
     def item(self, op: Op) -> int:
         """The builder's item index ((step, layer, micro-batch) in program order)."""
@@ -69,29 +175,120 @@ class ExecPlan:
     def past(self, step: int) -> int:
         return self.prompt_len + step - 1
 
+    # compatibility: positions of a load's tokens (token-major) or rows (packed)
+    @property
+    def positions(self) -> dict[int, tuple[int, ...]]:
+        return {i: tuple(int(p) for p in a.positions) for i, a in self.access.items()
+                if self.schedule.ops[i].kind in CACHE_LOADS}
 
-def build_plan(schedule: Schedule) -> ExecPlan:
+
+def _total(op: Op) -> int:
+    """Tokens an op moves over its whole GPU batch."""
+    s = op.shape_dict
+    return s["tokens"] * s.get("batch", 1)
+
+
+def _hybridserve_flags(point: PointSpec, scheme: HybridServe) -> np.ndarray:
+    """flags[j, s, p]: position `p` of sequence `s` of GPU batch `j` sits in a K,V block.
+
+    Rebuilds the scheme's per-request block placement and mini-batches (the scheme
+    keeps only their per-batch sums) and checks the sums equal the scheme's."""
+    pol, wl = point.policy, point.workload
+    final = wl.prompt_len + wl.gen_len - 1
+    flags = block_flags(wl.batch, wl.prompt_len, wl.gen_len, pol.block_tokens, pol.kv_ratio)
+    per_request = kv_prefix_tokens(flags, pol.block_tokens, final)
+    groups = form_mini_batches(per_request[:, wl.prompt_len], pol.num_gpu_batches, pol.mini_batching)
+    if not np.array_equal(np.stack([per_request[g].sum(axis=0) for g in groups]), scheme.kv):
+        raise ValueError("hybridserve: the per-request block placement does not reproduce the scheme's counts")
+    per_token = np.repeat(flags, pol.block_tokens, axis=1)[:, :final]
+    return np.stack([per_token[g] for g in groups])
+
+
+def _runs(entries: np.ndarray, rows: np.ndarray) -> list[tuple[int, int, int]]:
+    """Split (entry, row) pairs into runs where both advance by one: (entry0, entry1, row0)."""
+    out: list[tuple[int, int, int]] = []
+    if len(entries) == 0:
+        return out
+    breaks = np.flatnonzero((np.diff(entries) != 1) | (np.diff(rows) != 1)) + 1
+    for a, b in zip(np.r_[0, breaks], np.r_[breaks, len(entries)], strict=True):
+        out.append((int(entries[a]), int(entries[b - 1]) + 1, int(rows[a])))
+    return out
+
+
+class _Cache:
+    """Where each position sits: the scheme's answers, per GPU batch and sequence."""
+
+    def __init__(self, point: PointSpec, scheme: CacheScheme, prompt: int, gbs: int) -> None:
+        self.scheme, self.prompt, self.gbs = scheme, prompt, gbs
+        self.flags = _hybridserve_flags(point, scheme) if isinstance(scheme, HybridServe) else None
+
+    @property
+    def lanes(self) -> tuple[int, ...]:
+        return tuple(range(self.gbs)) if self.flags is not None else (ALL_SEQS,)
+
+    def prefill_store(self, cls: str, j: int, seq: int, per_seq: int) -> np.ndarray:
+        if self.flags is not None:
+            kv = self.flags[j, seq, :self.prompt]
+            return np.flatnonzero(kv if cls == "kv" else ~kv)
+        # activations keep the prefix, K,V the suffix (KVPR stores both in full)
+        return np.arange(per_seq) if cls == "act" else np.arange(self.prompt - per_seq, self.prompt)
+
+    def decode_store(self, cls: str, j: int, seq: int, past: int) -> bool:
+        if self.flags is not None:
+            return bool(self.flags[j, seq, past]) == (cls == "kv")
+        return True
+
+    def load(self, cls: str, j: int, seq: int, past: int, written: np.ndarray) -> np.ndarray:
+        """Positions a decode load of `cls` reads at `past` (`written`: positions stored so far)."""
+        s = self.scheme
+        if isinstance(s, KVPR):
+            split = s.split(past)
+            return np.arange(split) if cls == "act" else np.arange(split, past)
+        if isinstance(s, TokenRecompute) and cls == "kv":
+            return np.arange(s.token_id_tokens(past), past)
+        if self.flags is not None:
+            kv = self.flags[j, seq, :past]
+            return np.flatnonzero(kv if cls == "kv" else ~kv)
+        return written[written < past]  # kv-only, hybrid: every entry of the kind stored so far
+
+
+def build_plan(schedule: Schedule, point: PointSpec) -> ExecPlan:
+    """Host ranges of every cache op of `schedule`, built for `point` (as `build_schedule(point)`)."""
     meta = schedule.meta
-    plan = ExecPlan(schedule, meta.prompt_len)
-    prompt = meta.prompt_len
-    # 1. every write to a host list: (layer, mb, cls) -> sorted [(position, writer op id)]
-    written: dict[tuple[int, int, str], list[tuple[int, int]]] = {}
+    run = effective_point(point)
+    cache = _Cache(run, scheme_for(run.policy, run), meta.prompt_len, meta.gpu_batch_size)
+    gbs, prompt = meta.gpu_batch_size, meta.prompt_len
+    plan = ExecPlan(schedule, prompt, gbs, packed=cache.flags is not None)
+
+    # 1. every write to a host list: (layer, mb, cls, seq) -> [(position, writer op id)]
+    written: dict[tuple[int, int, str, int], list[tuple[int, int]]] = {}
+    store_writes: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}  # op -> [(seq, positions, rows)]
     for op in schedule.ops:
-        key = (op.layer, op.micro_batch)
+        j = op.micro_batch
         if op.kind in STORE_CLASS:
-            cls, tokens = STORE_CLASS[op.kind], op.shape_dict["tokens"]
-            if op.step == 0:
-                first = 0 if op.kind is OpKind.store_act else prompt - tokens
-                rows = (first, first + tokens)
-            else:
-                rows = (0, 1)
-            plan.src_rows[op.id] = rows
-            pos0 = rows[0] if op.step == 0 else plan.past(op.step)
-            written.setdefault((*key, cls), []).extend((pos0 + r, op.id) for r in range(rows[1] - rows[0]))
+            cls, total = STORE_CLASS[op.kind], _total(op)
+            lanes = []
+            for seq in cache.lanes:
+                if op.step == 0:
+                    per_seq = total // gbs if seq == ALL_SEQS else 0
+                    pos = cache.prefill_store(cls, j, seq, per_seq)
+                    rows = pos
+                else:
+                    past = plan.past(op.step)
+                    keep = cache.decode_store(cls, j, seq, past)
+                    pos = np.array([past] if keep else [], dtype=np.int64)
+                    rows = np.zeros(len(pos), dtype=np.int64)
+                if len(pos):
+                    lanes.append((seq, pos, rows))
+                    written.setdefault((op.layer, j, cls, seq), []).extend((int(p), op.id) for p in pos)
+            moved = sum(len(p) * (gbs if s == ALL_SEQS else 1) for s, p, _ in lanes)
+            if moved != total:
+                raise ValueError(f"{op.label}: the scheme stores {moved} tokens, the op moves {total}")
+            store_writes[op.id] = lanes
         elif op.kind is OpKind.cpu_attention:
-            written.setdefault((*key, "kv"), []).append((plan.past(op.step), op.id))
-    positions_of: dict[tuple[int, int, str], np.ndarray] = {}
-    writer_of: dict[tuple[int, int, str], np.ndarray] = {}
+            written.setdefault((op.layer, j, "kv", ALL_SEQS), []).append((plan.past(op.step), op.id))
+    positions_of: dict[tuple[int, int, str, int], np.ndarray] = {}
+    writer_of: dict[tuple[int, int, str, int], np.ndarray] = {}
     for key, entries in written.items():
         entries.sort()
         pos = np.array([p for p, _ in entries], dtype=np.int64)
@@ -99,41 +296,201 @@ def build_plan(schedule: Schedule) -> ExecPlan:
             raise ValueError(f"host {key[2]} of layer {key[0]} mb {key[1]}: a position is stored twice")
         positions_of[key], writer_of[key] = pos, np.array([w for _, w in entries], dtype=np.int64)
         plan.capacity[key[2]] = max(plan.capacity.get(key[2], 0), len(pos))
+        plan.held.setdefault(key[:3], []).append((key[3], pos))
     lm_heads = {(op.step, op.micro_batch): op.id for op in schedule.ops if op.kind is OpKind.lm_head}
+    empty = np.zeros(0, dtype=np.int64)
 
-    # 2. every read
+    # 2. every read, and where each store lands
     for op in schedule.ops:
-        if op.kind in LOAD_CLASS:
+        j = op.micro_batch
+        if op.kind is OpKind.load_tokens:
             tokens = op.shape_dict["tokens"]
-            plan.max_load_tokens[op.kind] = max(plan.max_load_tokens.get(op.kind, 0), tokens)
-            cls = LOAD_CLASS[op.kind]
-            if cls == "tokens":
-                plan.ranges[op.id] = HostRange(cls, -1, op.micro_batch, 0, tokens)
-                plan.writers[op.id] = tuple(lm_heads[(p - prompt, op.micro_batch)]
-                                            for p in range(prompt, tokens) if (p - prompt, op.micro_batch) in lm_heads)
-                continue
-            key = (op.layer, op.micro_batch, cls)
-            pos = positions_of.get(key, np.zeros(0, dtype=np.int64))
-            stop = int(np.searchsorted(pos, plan.past(op.step)))
-            if stop < tokens:
-                raise ValueError(f"{op.label}: loads {tokens} {cls} tokens, only {stop} were stored before it")
-            plan.ranges[op.id] = HostRange(cls, op.layer, op.micro_batch, stop - tokens, stop)
-            plan.positions[op.id] = tuple(int(p) for p in pos[stop - tokens:stop])
-            plan.writers[op.id] = tuple(int(w) for w in writer_of[key][stop - tokens:stop])
+            plan.max_rows[op.kind] = max(plan.max_rows.get(op.kind, 0), tokens)
+            plan.ranges[op.id] = HostRange("tokens", -1, j, 0, tokens)
+            plan.writers[op.id] = tuple(lm_heads[(p - prompt, j)]
+                                        for p in range(prompt, tokens) if (p - prompt, j) in lm_heads)
+        elif op.kind in CACHE_LOADS:
+            cls, past = LOAD_CLASS[op.kind], plan.past(op.step)
+            segments, positions, seqs, writers = [], [], [], []
+            row = 0
+            for seq in cache.lanes:
+                key = (op.layer, j, cls, seq)
+                have = positions_of.get(key, empty)
+                want = cache.load(cls, j, seq, past, have)
+                entries = np.searchsorted(have, want)
+                ok = entries < len(have)
+                if not ok.all() or not (have[entries] == want).all() or (want >= past).any():
+                    missing = sorted(set(want.tolist()) - set(have[have < past].tolist()))
+                    raise ValueError(f"{op.label}: reads {cls} of position(s) {missing[:5]} never stored before it")
+                for a, b, _ in _runs(entries, np.arange(len(entries))):
+                    segments.append(Segment(seq, a, b, row))
+                    row += b - a
+                positions.append(want)
+                seqs.append(np.full(len(want), seq, dtype=np.int64))
+                writers.extend(int(w) for w in writer_of.get(key, empty)[entries])
+            pos = np.concatenate(positions) if positions else empty
+            acc = CacheAccess(cls, op.layer, j, tuple(segments), pos,
+                              np.concatenate(seqs) if plan.packed else None)
+            if acc.rows(gbs) != _total(op):
+                raise ValueError(f"{op.label}: the scheme loads {acc.rows(gbs)} tokens, the op moves {_total(op)}")
+            plan.access[op.id] = acc
+            plan.max_rows[op.kind] = max(plan.max_rows.get(op.kind, 0), acc.rows(gbs))
+            plan.writers[op.id] = tuple(writers)
         elif op.kind is OpKind.cpu_attention:
-            key = (op.layer, op.micro_batch, "kv")
+            key = (op.layer, j, "kv", ALL_SEQS)
             pos = positions_of[key]
-            past = plan.past(op.step)
-            here = int(np.searchsorted(pos, past))
-            plan.ranges[op.id] = HostRange("kv", op.layer, op.micro_batch, 0, here + 1)
+            here = int(np.searchsorted(pos, plan.past(op.step)))
+            plan.ranges[op.id] = HostRange("kv", op.layer, j, 0, here + 1)
             plan.writers[op.id] = tuple(int(w) for w in writer_of[key][:here])
         elif op.kind in STORE_CLASS:
-            key = (op.layer, op.micro_batch, STORE_CLASS[op.kind])
-            first = plan.src_rows[op.id][0] if op.step == 0 else plan.past(op.step)
-            start = int(np.searchsorted(positions_of[key], first))
-            tokens = op.shape_dict["tokens"]
-            plan.ranges[op.id] = HostRange(key[2], op.layer, op.micro_batch, start, start + tokens)
+            cls = STORE_CLASS[op.kind]
+            segments, positions, seqs = [], [], []
+            for seq, pos, rows in store_writes[op.id]:
+                entries = np.searchsorted(positions_of[(op.layer, j, cls, seq)], pos)
+                segments += [Segment(seq, a, b, r) for a, b, r in _runs(entries, rows)]
+                positions.append(pos)
+                seqs.append(np.full(len(pos), seq, dtype=np.int64))
+            plan.access[op.id] = CacheAccess(cls, op.layer, j, tuple(segments),
+                                             np.concatenate(positions) if positions else empty,
+                                             np.concatenate(seqs) if plan.packed and seqs else
+                                             (empty if plan.packed else None))
+    plan.weights = weight_plan(schedule, point.model)
     return plan
+
+
+# ---------------------------------------------------------------------- weights
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(r for r in ranges if r[1] > r[0]):
+        if out and out[-1][1] == a:
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
+
+
+def _take(ranges: list[tuple[int, int]], n: int, from_end: bool) -> tuple[list, list]:
+    """Split `ranges` (flat order) into (first total-n elements, last n elements)."""
+    total = sum(b - a for a, b in ranges)
+    cut = total - n if from_end else n
+    head, tail, seen = [], [], 0
+    for a, b in ranges:
+        if seen + (b - a) <= cut:
+            head.append((a, b))
+        elif seen >= cut:
+            tail.append((a, b))
+        else:
+            head.append((a, a + cut - seen))
+            tail.append((a + cut - seen, b))
+        seen += b - a
+    return head, tail
+
+
+def kv_proj_ranges(m: ModelSpec) -> list[tuple[int, int]]:
+    """Flat ranges of what rebuilding K,V needs first: the attention norm, the K,V rows of
+    `W_QKV` and of `b_QKV` (KVPR's early weight load)."""
+    layout = LayerLayout.of(m)
+    h, hk = m.hidden, m.kv_hidden
+    out = []
+    for name, (off, shape) in layout.params.items():
+        if name.startswith("norm1_"):
+            out.append((off, off + shape[0]))
+    off = layout.params["w_qkv"][0]
+    out.append((off + h * h, off + (h + 2 * hk) * h))
+    if "b_qkv" in layout.params:
+        off = layout.params["b_qkv"][0]
+        out.append((off + h, off + h + 2 * hk))
+    return _merge(out)
+
+
+def _part(op: Op) -> str:
+    s = op.shape_dict
+    return "kv_proj" if "kv_proj" in s else "rest" if "rest" in s else "all"
+
+
+def weight_plan(schedule: Schedule, m: ModelSpec) -> WeightPlan:
+    """Which flat ranges each `load_weights` op streams, sized from its `link_bytes`.
+
+    Each part of a layer (the whole layer, or KVPR's early K,V projection part and the
+    rest) keeps its first elements resident and streams its last `link_bytes /
+    dtype_bytes` elements (all of them when nothing is kept on the device)."""
+    layout = LayerLayout.of(m)
+    p = m.dtype_bytes
+    loads = [op for op in schedule.ops if op.kind is OpKind.load_weights]
+    first: dict[str, int] = {}
+    if loads:
+        t0, l0 = loads[0].step, loads[0].layer
+        for op in loads:
+            if (op.step, op.layer) == (t0, l0):
+                first[_part(op)] = op.link_bytes
+    kvp = kv_proj_ranges(m)
+    whole = [(0, layout.numel)]
+    parts = {"all": whole, "kv_proj": kvp, "rest": _gaps(kvp, layout.numel)}
+    resident, streamed, streamed_of = [], [], {}
+    names = list(first) or ["all"]
+    for name in names:
+        ranges = parts[name]
+        n = round(first.get(name, 0) / p)
+        head, tail = _take(ranges, n, from_end=True)
+        resident += head
+        streamed += tail
+        streamed_of[name] = tail
+    resident, streamed = _merge(resident), _merge(streamed)
+    if sum(b - a for a, b in resident) + sum(b - a for a, b in streamed) != layout.numel:
+        raise AssertionError("weight parts do not cover the layer")  # e.g. kv_proj without rest
+
+    def compact(ranges_in: list[tuple[int, int]], space: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        out, base = [], 0
+        for a, b in space:
+            for c, d in ranges_in:
+                lo, hi = max(a, c), min(b, d)
+                if lo < hi:
+                    out.append((base + lo - a, base + hi - a))
+            base += b - a
+        return _merge(out)
+
+    by_part = {name: tuple(compact(streamed_of[name], streamed)) for name in names}
+    copies = {}
+    for op in loads:
+        rng = by_part[_part(op)]
+        if p * sum(b - a for a, b in rng) != op.link_bytes and op.link_bytes % p == 0:
+            raise ValueError(f"{op.label}: moves {op.link_bytes} bytes, its part has "
+                             f"{p * sum(b - a for a, b in rng)}")
+        copies[op.id] = rng
+    pieces = {}
+    for name, (off, shape) in layout.params.items():
+        size = int(np.prod(shape))
+        got = [("r", a, b) for a, b in compact([(off, off + size)], resident)]
+        got += [("s", a, b) for a, b in compact([(off, off + size)], streamed)]
+        # order the pieces by flat offset: map back through the spaces
+        got.sort(key=lambda x: _flat_of(x, resident, streamed))
+        pieces[name] = tuple(got)
+    shapes = {name: shape for name, (_, shape) in layout.params.items()}
+    return WeightPlan(layout.numel, tuple(resident), tuple(streamed), copies, pieces, shapes)
+
+
+def _gaps(ranges: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
+    out, at = [], 0
+    for a, b in ranges:
+        if a > at:
+            out.append((at, a))
+        at = b
+    if at < n:
+        out.append((at, n))
+    return out
+
+
+def _flat_of(piece: tuple[str, int, int], resident, streamed) -> int:
+    """Flat offset of a compact piece's first element."""
+    where, a, _ = piece
+    base = 0
+    for lo, hi in resident if where == "r" else streamed:
+        if a < base + hi - lo:
+            return lo + a - base
+        base += hi - lo
+    raise AssertionError(piece)
 
 
 # ------------------------------------------------------------------ happens-before

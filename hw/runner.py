@@ -2,10 +2,14 @@
 
 The mapping from op kinds to work (the simplest faithful one):
 
-- `load_weights`: copy layer `l`'s streamed weights host -> weight slot;
-- `load_kv` / `load_act` / `load_tokens`: copy the op's host entries -> load slot;
+- `load_weights`: copy the op's part of layer `l`'s streamed weights host -> weight
+  slot (the whole streamed layer, or KVPR's early part: the attention norm and the
+  K,V rows of `W_QKV`, `b_QKV`; then the rest), exactly the op's `link_bytes`;
+- `load_kv` / `load_act` / `load_tokens`: copy the op's host entries -> load slot
+  (token-major: one copy; packed (HybridServe): one copy per sequence);
 - `attention`: (layer 0 of the prefill: embed the prompt first) LN, Q,K,V of the
-  new tokens, attention over [rebuilt K,V; loaded K,V; new K,V], output
+  new tokens, attention over [rebuilt K,V; loaded K,V; new K,V] (packed loads are
+  scattered to their (position, sequence) in a context buffer first), output
   projection, residual; keeps the new tokens' K,V (and input activations) in an
   output slot for the stores;
 - `recompute_kv`: K,V = LN(x).[W_K W_V] (+ rotary) of the loaded activations;
@@ -37,8 +41,11 @@ RECOMPUTE_KINDS = (OpKind.recompute_kv, OpKind.recompute_layer)
 
 class OpRunner:
     def __init__(self, point: PointSpec, plan: ExecPlan, host: HostBuffers, dev: DeviceBuffers,
-                 fused_qkv: bool = True, capture: dict[int, torch.Tensor] | None = None) -> None:
+                 fused_qkv: bool = True, capture: dict[int, torch.Tensor] | None = None,
+                 copied: dict[int, int] | None = None) -> None:
         self.point, self.plan, self.host, self.dev = point, plan, host, dev
+        #: bytes each link op really copied (for tests; None: not counted)
+        self.copied = copied
         self.ops = plan.schedule.ops
         self.layers = point.model.layers
         self.kern = LayerKernels(point.model, dev.rotary, fused_qkv)
@@ -90,32 +97,66 @@ class OpRunner:
 
     # ------------------------------------------------------------------ copies
     def _load_weights(self, op: Op) -> None:
-        self.dev.weight_slots[(op.step * self.layers + op.layer) % 2].copy_(
-            self.host.weights[op.layer], non_blocking=True)
+        slot = self.dev.weight_slots[(op.step * self.layers + op.layer) % 2]
+        host = self.host.weights[op.layer]
+        for a, b in self.plan.weights.copies[op.id]:
+            slot[a:b].copy_(host[a:b], non_blocking=True)
+            self._moved(op, host[a:b])
+
+    def _moved(self, op: Op, t: torch.Tensor) -> None:
+        if self.copied is not None:
+            self.copied[op.id] = self.copied.get(op.id, 0) + t.numel() * t.element_size()
 
     def _load_cache(self, op: Op) -> None:
-        r = self.plan.ranges[op.id]
-        src = self.host.cache[(r.layer, r.micro_batch, r.cls)][r.start:r.stop]
-        self.dev.loads[op.kind][self._slot(op)][:r.tokens].copy_(src, non_blocking=True)
+        acc = self.plan.access[op.id]
+        host = self.host.cache[(acc.layer, acc.micro_batch, acc.cls)]
+        dst = self.dev.loads[op.kind][self._slot(op)]
+        gbs = self.plan.gbs
+        if acc.packed:
+            for sg in acc.segments:
+                src = host[sg.seq, sg.start:sg.stop]
+                dst[sg.row:sg.row + sg.n].copy_(src, non_blocking=True)
+                self._moved(op, src)
+        else:
+            view = dst[:acc.rows(gbs)].view(len(acc.positions), gbs, -1)
+            for sg in acc.segments:
+                src = host[sg.start:sg.stop]
+                view[sg.row:sg.row + sg.n].copy_(src, non_blocking=True)
+                self._moved(op, src)
+
+    def _loaded(self, op: Op) -> torch.Tensor:
+        """A load's rows in its slot: token-major `[tokens, gbs, w]`, packed `[rows, 1, w]`."""
+        acc = self.plan.access[op.id]
+        rows = self.dev.loads[op.kind][self._slot(op)][:acc.rows(self.plan.gbs)]
+        return rows[:, None] if acc.packed else rows.view(len(acc.positions), self.plan.gbs, -1)
 
     def _load_tokens(self, op: Op) -> None:
         r = self.plan.ranges[op.id]
         src = self.host.tokens[op.micro_batch][r.start:r.stop]
         self.dev.loads[OpKind.load_tokens][self._slot(op)][:r.tokens].copy_(src, non_blocking=True)
+        self._moved(op, src)
 
     def _store_cache(self, op: Op) -> None:
-        r = self.plan.ranges[op.id]
-        first, last = self.plan.src_rows[op.id]
-        src = (self.dev.new_kv if op.kind is OpKind.store_kv else self.dev.new_x)[self._slot(op)][first:last]
-        self.host.cache[(r.layer, r.micro_batch, r.cls)][r.start:r.stop].copy_(src, non_blocking=True)
+        acc = self.plan.access[op.id]
+        host = self.host.cache[(acc.layer, acc.micro_batch, acc.cls)]
+        out = (self.dev.new_kv if op.kind is OpKind.store_kv else self.dev.new_x)[self._slot(op)]
+        for sg in acc.segments:
+            if acc.packed:
+                src, dst = out[sg.row:sg.row + sg.n, sg.seq], host[sg.seq, sg.start:sg.stop]
+            else:
+                src, dst = out[sg.row:sg.row + sg.n], host[sg.start:sg.stop]
+            dst.copy_(src, non_blocking=True)
+            self._moved(op, src)
 
     def _store_qkv(self, op: Op) -> None:
         slot = self._slot(op)
         self.host.qkv[slot].copy_(self.dev.qkv[slot], non_blocking=True)
+        self._moved(op, self.dev.qkv[slot])
 
     def _load_attn_out(self, op: Op) -> None:
         slot = self._slot(op)
         self.dev.attn_in[slot].copy_(self.host.attn_out[slot], non_blocking=True)
+        self._moved(op, self.host.attn_out[slot])
 
     # ----------------------------------------------------------------- compute
     def _attention(self, op: Op) -> None:
@@ -128,16 +169,43 @@ class OpRunner:
         self.dev.new_kv[slot][:new].copy_(kv)
         if (op.step, op.layer, op.micro_batch) in self.keeps_x:
             self.dev.new_x[slot][:new].copy_(x)
-        parts = []
-        for kind in RECOMPUTE_KINDS:
-            rec = self._dep(op, kind)
-            if rec is not None:
-                parts.append(self.dev.rebuilt_kv[:rec.shape_dict["tokens"]])
+        if self.plan.packed and op.step > 0:
+            context = self._packed_context(op, kv, past)
+        else:
+            parts = []
+            for kind in RECOMPUTE_KINDS:
+                rec = self._dep(op, kind)
+                if rec is not None:
+                    parts.append(self._rebuilt(rec))
+            loaded = self._dep(op, OpKind.load_kv)
+            if loaded is not None:
+                parts.append(self._loaded(loaded))
+            context = torch.cat((*parts, kv)) if parts else kv
+        hidden[:new].copy_(x + self.kern.out_proj(self.kern.attend(q, context), w))
+
+    def _packed_context(self, op: Op, kv: torch.Tensor, past: int) -> torch.Tensor:
+        """[past + 1, gbs, 2hk]: every packed row (rebuilt or loaded) at its (position, sequence)."""
+        ctx = self.dev.context[:past + 1]
+        flat = ctx.view(-1, ctx.shape[-1])
+        rec = self._dep(op, OpKind.recompute_kv)
+        if rec is not None:
+            load = self._dep(rec, OpKind.load_act)
+            flat.index_copy_(0, self.dev.scatter[load.id], self._rebuilt(rec)[:, 0])
         loaded = self._dep(op, OpKind.load_kv)
         if loaded is not None:
-            parts.append(self.dev.loads[OpKind.load_kv][slot][:loaded.shape_dict["tokens"]])
-        context = torch.cat((*parts, kv)) if parts else kv
-        hidden[:new].copy_(x + self.kern.out_proj(self.kern.attend(q, context), w))
+            flat.index_copy_(0, self.dev.scatter[loaded.id], self._loaded(loaded)[:, 0])
+        ctx[past:].copy_(kv)
+        return ctx
+
+    def _rebuilt(self, rec: Op) -> torch.Tensor:
+        """A recompute's output rows, shaped like the load it rebuilt."""
+        if rec.kind is OpKind.recompute_layer:
+            return self.dev.rebuilt_kv[:rec.shape_dict["tokens"] * self.plan.gbs].view(
+                rec.shape_dict["tokens"], self.plan.gbs, -1)
+        load = self._dep(rec, OpKind.load_act)
+        acc = self.plan.access[load.id]
+        rows = self.dev.rebuilt_kv[:acc.rows(self.plan.gbs)]
+        return rows[:, None] if acc.packed else rows.view(len(acc.positions), self.plan.gbs, -1)
 
     def _ffn(self, op: Op) -> None:
         new, _ = self._rows(op)
@@ -146,10 +214,9 @@ class OpRunner:
 
     def _recompute_kv(self, op: Op) -> None:
         load = self._dep(op, OpKind.load_act)
-        tokens = op.shape_dict["tokens"]
-        x = self.dev.loads[OpKind.load_act][self._slot(op)][:tokens]
-        positions = self.dev.rope_positions.get(load.id) if load is not None else None
-        out = self.dev.rebuilt_kv[:tokens]
+        x = self._loaded(load)
+        positions = self.dev.rope_positions.get(load.id)
+        out = self._rebuilt(op)
         out.copy_(self.kern.kv_proj(x, self._weights(op), positions))
         self._keep(op, out)
 
@@ -162,7 +229,7 @@ class OpRunner:
             x = self._embed(ids, 0)
         else:
             x = prefix
-        out = self.dev.rebuilt_kv[:tokens]
+        out = self._rebuilt(op)
         if last:
             out.copy_(self.kern.kv_proj(x, w, slice(0, tokens)))
         else:

@@ -25,6 +25,12 @@ POLICIES = [
     PolicySpec(kind="hybrid", kv_ratio=0.5),
     PolicySpec(kind="hybrid", kv_ratio=0.0),
     PolicySpec(kind="token-recompute", kv_ratio=0.5),
+    PolicySpec(kind="flexgen", weights_gpu_percent=40),
+    PolicySpec(kind="flexgen", cpu_attention=True),
+    PolicySpec(kind="kvpr", split_tokens=3),
+    PolicySpec(kind="kvpr", split_tokens=4, weights_gpu_percent=50),
+    PolicySpec(kind="hybridserve", kv_ratio=0.4, block_tokens=2),
+    PolicySpec(kind="hybridserve", kv_ratio=0.0, block_tokens=2, mini_batching="naive"),
 ]
 
 
@@ -53,13 +59,92 @@ def assert_timeline_respects_schedule(meas):
 def test_every_policy_runs_respects_the_schedule_and_generates_the_same_tokens(model):
     tokens = {}
     for policy in POLICIES:
-        meas = measure_point(point(model, policy), "cpu", repeats=1, warmup=0)
+        meas = measure_point(point(model, policy), "cpu", repeats=1, warmup=0, count_copies=True)
         assert_timeline_respects_schedule(meas)
         tokens[policy.label + f" w{policy.weights_gpu_percent}"] = meas.tokens
+        assert_bytes_copied_are_link_bytes(meas)
     ref = tokens["kv-only w0.0"]
     assert ref.shape == (4, 4)
     for label, t in tokens.items():
         np.testing.assert_array_equal(t, ref, err_msg=label)
+
+
+def assert_bytes_copied_are_link_bytes(meas, exact=False):
+    """Every link op copied exactly its `link_bytes` (weights parts, packed loads, cache ops).
+
+    The block builder sizes a partly resident layer's streamed share in bytes
+    (`round(weight_bytes * share)`), which need not be whole parameters; the executor
+    copies whole parameters, so such a weight load may differ by under half a parameter
+    (`exact=True`: the case is chosen so that it does not)."""
+    p = meas.point.model.dtype_bytes
+    for op in meas.schedule.ops:
+        if not op.link_bytes:
+            continue
+        got = meas.copied.get(op.id, 0)
+        if op.kind is OpKind.load_weights and op.link_bytes % p and not exact:
+            assert 2 * abs(got - op.link_bytes) <= p, (op.label, got)
+        else:
+            assert got == op.link_bytes, (op.label, op.shape, got)
+    assert set(meas.copied) <= {op.id for op in meas.schedule.ops if op.link_bytes}
+
+
+@pytest.mark.parametrize("policy", [
+    PolicySpec(kind="kvpr", split_tokens=2),
+    PolicySpec(kind="kvpr", split_tokens=2, weights_gpu_percent=25),
+    PolicySpec(kind="kv-only", weights_gpu_percent=25),
+    PolicySpec(kind="flexgen", weights_gpu_percent=30),
+    PolicySpec(kind="hybrid", kv_ratio=0.5, weights_gpu_percent=50),
+    PolicySpec(kind="hybridserve", kv_ratio=0.5, block_tokens=3),
+    PolicySpec(kind="token-recompute", kv_ratio=0.5),
+    PolicySpec(kind="kv-only", cpu_attention=True),
+], ids=lambda p: f"{p.label} w{p.weights_gpu_percent:g}")
+def test_each_link_op_copies_exactly_its_link_bytes(policy):
+    meas = measure_point(point(OPT, policy, dtype="fp16"), "cpu", repeats=1, warmup=0, count_copies=True)
+    weights = [op for op in meas.schedule.ops if op.kind is OpKind.load_weights]
+    assert weights and any(op.link_bytes for op in weights)
+    assert_bytes_copied_are_link_bytes(meas, exact=True)
+
+
+def test_kvpr_early_weight_load_copies_only_the_kv_projection():
+    """The first load of a layer moves LN1, W_K, W_V (and biases); the second the rest, so the
+    slot the recompute reads is never rewritten while it reads it."""
+    from hssim.hw.plan import build_plan, kv_proj_ranges
+
+    p = point(OPT, PolicySpec(kind="kvpr", split_tokens=3))
+    sched = build_schedule(p)
+    wp = build_plan(sched, p).weights
+    parts = [op for op in sched.ops if op.kind is OpKind.load_weights and op.layer == 1 and op.step == 1]
+    assert [("kv_proj" in op.shape_dict, "rest" in op.shape_dict) for op in parts] == [(True, False), (False, True)]
+    assert list(wp.copies[parts[0].id]) == kv_proj_ranges(p.model)
+    early = sum(b - a for a, b in wp.copies[parts[0].id])
+    h, hk = OPT.hidden, OPT.kv_hidden
+    assert early == 2 * h + 2 * hk * h + 2 * hk  # norm1 w,b; K,V rows; K,V biases
+
+
+def test_host_memory_is_pinned_as_the_ops_say():
+    from hssim.hw.buffers import host_pinning
+
+    flex = build_schedule(point(OPT, PolicySpec(kind="flexgen")))
+    kv = build_schedule(point(OPT, PolicySpec(kind="kv-only")))
+    assert host_pinning(flex, "cuda", True)["weights"] and not host_pinning(flex, "cuda", True)["kv"]
+    pinned = build_schedule(point(OPT, PolicySpec(kind="flexgen", cache_pinned=True)))
+    assert host_pinning(pinned, "cuda", True)["kv"]
+    assert all(host_pinning(kv, "cuda", True)[g] for g in ("weights", "kv"))
+    assert not any(host_pinning(kv, "cpu", True).values())  # pinned memory needs CUDA
+    meas = measure_point(point(OPT, PolicySpec(kind="flexgen")), "cpu", repeats=1, warmup=0)
+    assert meas.host_memory == {"weights": "pageable", "cache": "pageable"}
+    assert meas.host_bytes["weights"] > 0 and meas.host_bytes["cache"] > 0
+
+
+def test_flexgen_cache_is_pageable_and_weights_pinned_on_cuda():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    meas = measure_point(point(OPT, PolicySpec(kind="flexgen")), "cuda", repeats=1, warmup=0)
+    assert meas.host_memory == {"weights": "pinned", "cache": "pageable"}
+    assert all(t.is_pinned() for t in meas.host.weights)
+    assert not any(t.is_pinned() for t in meas.host.cache.values())
 
 
 def test_fp16_model_runs_on_the_cpu():
@@ -83,15 +168,14 @@ def test_measured_timeline_and_metrics_have_the_simulator_schema():
 
 def test_executor_refuses_a_schedule_that_reads_the_host_cache_unordered():
     """Drop the store->load edges of a 1-layer, 1-batch schedule: its loads would race the stores."""
-    import dataclasses
-
     from hssim.hw.executor import prepare_plan
+    from hssim.sim.schedule import Schedule
 
     p = point(OPT.model_copy(update={"layers": 1}), PolicySpec(kind="kv-only"), k=1)
     good = build_schedule(p)
     ops = tuple(op._replace(deps=()) if op.kind is OpKind.load_kv else op for op in good.ops)
     with pytest.raises(ExecutorError, match="host-cache read"):
-        prepare_plan(dataclasses.replace(good, ops=ops))
+        prepare_plan(Schedule(good.meta, ops, good.memory), p)
 
 
 def test_unsupported_cache_on_gpu_and_missing_cuda_fail_clearly():

@@ -32,18 +32,72 @@ POLICIES = [
     PolicySpec(kind="hybrid", kv_ratio=0.8),
     PolicySpec(kind="token-recompute", kv_ratio=0.0),
     PolicySpec(kind="token-recompute", kv_ratio=0.5),
+    PolicySpec(kind="flexgen"),
+    PolicySpec(kind="flexgen", cpu_attention=True),
+    # KVPR: every token held as both; l tokens' activations rebuilt, the rest loaded as K,V
+    PolicySpec(kind="kvpr", split_tokens=0),
+    PolicySpec(kind="kvpr", split_tokens=3),
+    PolicySpec(kind="kvpr", split_tokens=8),  # = prompt: every prompt token rebuilt at step 1
+    PolicySpec(kind="kvpr", split_tokens=40),  # > every past: everything rebuilt
+    PolicySpec(kind="kvpr", split_rule="closed-form"),
+    PolicySpec(kind="kvpr", split_rule="per-step"),
+    # HybridServe: block-granular, sequences of one GPU batch differ
+    PolicySpec(kind="hybridserve", kv_ratio=0.0, block_tokens=4),
+    PolicySpec(kind="hybridserve", kv_ratio=0.3, block_tokens=4),
+    PolicySpec(kind="hybridserve", kv_ratio=0.5, block_tokens=4),
+    PolicySpec(kind="hybridserve", kv_ratio=0.5, block_tokens=4, mini_batching="naive"),
+    PolicySpec(kind="hybridserve", kv_ratio=0.7, block_tokens=3),
+    PolicySpec(kind="hybridserve", kv_ratio=0.7, block_tokens=3, mini_batching="naive"),
 ]
 
 
-@pytest.mark.parametrize("policy", POLICIES, ids=lambda p: p.label)
+def _label(p):
+    extra = f" b{p.block_tokens}" if p.kind.value == "hybridserve" else ""
+    return p.label + extra
+
+
+#: a slow link and a slow GPU, so that KVPR's split lands strictly inside the context
+#: (closed form: 6 of 8; per step: 6, 7, 7, 8, 9, 10 as the context grows)
+SLOW = HARDWARE["a100-40gb-pcie4"].model_copy(update={
+    "gpu": HARDWARE["a100-40gb-pcie4"].gpu.model_copy(update={"peak_flops": 1e9}),
+    "link": HARDWARE["a100-40gb-pcie4"].link.model_copy(update={"h2d_pinned_Bps": 1e7, "d2h_pinned_Bps": 1e7})})
+
+
+def _rebuilds(policy) -> bool:
+    kind = policy.kind.value
+    if kind in ("kv-only", "flexgen"):
+        return False
+    if kind == "kvpr":
+        return policy.split_tokens != 0
+    return policy.kv_ratio < 1
+
+
+@pytest.mark.parametrize("policy", POLICIES, ids=_label)
 def test_greedy_tokens_and_kv_match_hugging_face(opt, policy):
     m, model = opt
-    rep = check_policy(model, m, policy.model_copy(update={"num_gpu_batches": 2}), batch=4, prompt_len=8, gen_len=6)
+    hardware = SLOW if policy.kind.value == "kvpr" else None
+    rep = check_policy(model, m, policy.model_copy(update={"num_gpu_batches": 2}), batch=4, prompt_len=8, gen_len=6,
+                       hardware=hardware)
     np.testing.assert_array_equal(rep.tokens, rep.reference)
     assert rep.cached_max_abs_err < FP32_TOL
-    if policy.kind.value != "kv-only" and policy.kv_ratio < 1:
+    if _rebuilds(policy):
         assert rep.rebuilt_tokens > 0  # K,V really were rebuilt, and equal the cached ones
     assert rep.rebuilt_max_abs_err < FP32_TOL
+
+
+def test_kvpr_splits_are_inside_the_context():
+    """The closed-form and per-step cases above really split (not all-or-nothing)."""
+    from hssim.sim.policies.kvpr import kvpr_scheme
+
+    m = tiny_opt_spec(layers=2, hidden=64, heads=4, vocab=128)
+    wl = WorkloadSpec(batch=4, prompt_len=8, gen_len=6)
+    for rule in ("closed-form", "per-step"):
+        s = kvpr_scheme(PointSpec(scenario="n", model=m, hardware=SLOW, workload=wl,
+                                  policy=PolicySpec(kind="kvpr", split_rule=rule, num_gpu_batches=2)))
+        splits = [s.split(p) for p in range(8, 14)]
+        assert all(0 < x < p for x, p in zip(splits, range(8, 14), strict=True)), (rule, splits)
+    assert len({kvpr_scheme(PointSpec(scenario="n", model=m, hardware=SLOW, workload=wl, policy=PolicySpec(
+        kind="kvpr", split_rule="per-step", num_gpu_batches=2))).split(p) for p in range(8, 14)}) > 1
 
 
 def test_a_wrong_weight_is_caught(opt):
@@ -98,7 +152,11 @@ def test_llama_gqa_greedy_tokens_match_hugging_face():
     prompt = torch.randint(0, m.vocab, (8, 4), generator=torch.Generator().manual_seed(1), dtype=torch.int32)
     reference = hf_greedy(model, prompt, 5)
     for policy in (PolicySpec(kind="kv-only"), PolicySpec(kind="hybrid", kv_ratio=0.4),
-                   PolicySpec(kind="token-recompute", kv_ratio=0.5)):
+                   PolicySpec(kind="token-recompute", kv_ratio=0.5),
+                   # rotary: rebuilt K,V must be rotated at their own positions (KVPR's prefix,
+                   # HybridServe's per-sequence blocks)
+                   PolicySpec(kind="kvpr", split_tokens=5),
+                   PolicySpec(kind="hybridserve", kv_ratio=0.3, block_tokens=4)):
         point = PointSpec(scenario="n", model=m, hardware=HARDWARE["a100-40gb-pcie4"],
                           workload=WorkloadSpec(batch=4, prompt_len=8, gen_len=5),
                           policy=policy.model_copy(update={"num_gpu_batches": 2}))

@@ -117,6 +117,30 @@ def test_validate_gpu_without_cuda_is_a_one_line_error():
     r = CliRunner().invoke(validate, ["--gpu"])
     assert r.exit_code == 2
     assert "no CUDA device" in r.output and "--device cpu" in r.output and len(r.output.strip().splitlines()) == 1
+    assert r.output.startswith("error: --gpu:")
+    r = CliRunner().invoke(validate, ["--device", "cuda"])  # the message names the flag the user gave
+    assert r.exit_code == 2 and r.output.startswith("error: --device cuda:"), r.output
+
+
+def test_cuda_driver_version_tries_nvml_then_nvidia_smi_then_libcuda(monkeypatch):
+    from hssim.validate import device
+
+    calls = []
+
+    def source(name, value):
+        def f():
+            calls.append(name)
+            return value
+        return f
+
+    monkeypatch.setattr(device, "_driver_from_nvml", source("nvml", None))
+    monkeypatch.setattr(device, "_driver_from_smi", source("smi", "550.54.15"))
+    monkeypatch.setattr(device, "_driver_from_libcuda", source("libcuda", "CUDA 12.4 driver API"))
+    assert device.cuda_driver_version() == "550.54.15" and calls == ["nvml", "smi"]
+    monkeypatch.setattr(device, "_driver_from_smi", source("smi", None))
+    assert device.cuda_driver_version() == "CUDA 12.4 driver API"
+    monkeypatch.setattr(device, "_driver_from_libcuda", source("libcuda", None))
+    assert device.cuda_driver_version() is None
 
 
 def test_validate_device_cpu_quick_writes_a_complete_finite_report(tmp_path):
@@ -136,12 +160,16 @@ def test_validate_device_cpu_quick_writes_a_complete_finite_report(tmp_path):
     for col in ("e2e_ape_median", "e2e_ape_p95", "step_ape_median", "step_ape_p95"):
         assert math.isfinite(summ[col]) and summ[col] >= 0, col
     points = pd.read_csv(out / "points.csv")
-    assert points["policy"].nunique() == 4
+    assert points["policy"].nunique() == 7  # each policy kind, flexgen, kvpr and hybridserve included
+    assert {"flexgen", "kvpr l=8", "hybridserve r=0.50 balanced"} <= set(points["policy"])
+    assert points["load_1min"].notna().all() and "load_1min_max" in summ and "overloaded" in summ
+    assert set(points["host_cache_memory"]) == {"pageable"}  # the CPU backend never pins
     assert np.isfinite(points[["makespan_sim_s", "makespan_meas_s", "e2e_ape"]].to_numpy()).all()
     kinds = pd.read_csv(out / "kinds.csv")
     assert np.isfinite(kinds[["ape_median", "sim_total_s", "meas_total_s"]].to_numpy()).all()
     text = (out / "README.md").read_text()
     assert "hssim validate --device cpu --set quick" in text and "not run on a GPU" in text
+    assert "load average (1 min)" in text
     traces = sorted((out / "traces").glob("*.json"))
     assert len(traces) == 2 * len(points)
     trace = json.loads(traces[0].read_text())

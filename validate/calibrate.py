@@ -102,6 +102,9 @@ DISPATCH_POLICIES = (
     PolicySpec(kind="kv-only", cpu_attention=True, num_gpu_batches=2),
     PolicySpec(kind="hybrid", kv_ratio=0.5, num_gpu_batches=2),
     PolicySpec(kind="token-recompute", kv_ratio=0.5, num_gpu_batches=2),
+    PolicySpec(kind="flexgen", num_gpu_batches=2),
+    PolicySpec(kind="kvpr", split_tokens=4, num_gpu_batches=2),
+    PolicySpec(kind="hybridserve", kv_ratio=0.5, block_tokens=4, num_gpu_batches=2),
 )
 
 

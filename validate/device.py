@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import datetime as _dt
 import os
 import platform
+import shutil
+import subprocess
 from dataclasses import asdict, dataclass
 
 
@@ -42,7 +46,8 @@ def resolve_backend(gpu: bool, device: str | None) -> str:
     backend = "cuda" if gpu or device == "cuda" else "cpu"
     torch = require_torch()
     if backend == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"--gpu: no CUDA device is available to torch {torch.__version__}; "
+        flag = "--gpu" if gpu else "--device cuda"
+        raise DeviceError(f"{flag}: no CUDA device is available to torch {torch.__version__}; "
                           "fix: run on a machine with an NVIDIA GPU, or use --device cpu")
     return backend
 
@@ -58,15 +63,69 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _driver_from_nvml() -> str | None:
+    try:
+        import pynvml  # optional (nvidia-ml-py); not a dependency
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        try:
+            v = pynvml.nvmlSystemGetDriverVersion()
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - any NVML failure: try the next source
+        return None
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _driver_from_smi() -> str | None:
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = [x.strip() for x in out.splitlines() if x.strip()]
+    return lines[0] if lines else None
+
+
+def _driver_from_libcuda() -> str | None:
+    """The CUDA driver API's version (`cuDriverGetVersion`, e.g. 12040 -> "CUDA 12.4 driver API")."""
+    for name in ("libcuda.so.1", "libcuda.so", ctypes.util.find_library("cuda")):
+        if not name:
+            continue
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        v = ctypes.c_int(0)
+        try:
+            if lib.cuDriverGetVersion(ctypes.byref(v)) == 0 and v.value:
+                return f"CUDA {v.value // 1000}.{(v.value % 1000) // 10} driver API"
+        except AttributeError:
+            continue
+    return None
+
+
+def cuda_driver_version() -> str | None:
+    """The NVIDIA driver version: NVML (`pynvml`, if importable), else `nvidia-smi`, else the
+    driver API version from libcuda; None if none answers."""
+    for source in (_driver_from_nvml, _driver_from_smi, _driver_from_libcuda):
+        v = source()
+        if v:
+            return v
+    return None
+
+
 def device_info(backend: str) -> DeviceInfo:
     torch = require_torch()
     if backend == "cuda":
         name = torch.cuda.get_device_name()
-        try:
-            drv = torch.cuda.driver_version() if hasattr(torch.cuda, "driver_version") else None
-        except RuntimeError:
-            drv = None
-        driver = str(drv) if drv else f"cuda runtime {torch.version.cuda}"
+        drv = cuda_driver_version()
+        driver = drv if drv else f"cuda runtime {torch.version.cuda}"
     else:
         name = _cpu_model()
         driver = f"linux {platform.release()}" if platform.system() == "Linux" else platform.platform()

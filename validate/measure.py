@@ -26,7 +26,8 @@ class Measured:
     result: SimResult  # the median run, in the simulator's Timeline schema
     runs_s: tuple[float, ...]
     device_name: str
-    host_memory: str  # "pinned" or "pageable"
+    host_memory: str  # the streamed weights' host memory: "pinned" or "pageable"
+    host_cache_memory: str = "pinned"  # the host K,V / activations: "pinned", "pageable" (FlexGen) or "mixed"
 
 
 class WeightCache:
@@ -57,7 +58,8 @@ def measure(point: PointSpec, backend: str, repeats: int, warmup: int, weights: 
     except ExecutorError as e:
         raise MeasureError(str(e)) from None
     return Measured(point=point, schedule=m.schedule, result=m.result, runs_s=tuple(m.runs_s),
-                    device_name=m.device_name, host_memory="pinned" if m.pinned else "pageable")
+                    device_name=m.device_name, host_memory=m.host_memory["weights"],
+                    host_cache_memory=m.host_memory["cache"])
 
 
 def attention_kernel(model: ModelSpec):

@@ -158,7 +158,8 @@ def write_report(run: ValidationRun, out: str | Path, command: str) -> Path:
         {"prediction": "roofline (profile's peak figures)", "e2e_ape_median": points["roofline_e2e_ape"].median(),
          "e2e_ape_p95": points["roofline_e2e_ape"].quantile(0.95)},
     ])
-    pd.DataFrame([summ]).to_csv(out / "summary.csv", index=False)
+    pd.DataFrame([{**summ, "load_1min_max": run.max_load, "cpu_count": run.info.cpu_count,
+                   "overloaded": run.overloaded}]).to_csv(out / "summary.csv", index=False)
     points.to_csv(out / "points.csv", index=False)
     steps.to_csv(out / "steps.csv", index=False)
     kinds.to_csv(out / "kinds.csv", index=False)
@@ -208,6 +209,7 @@ def _markdown(run: ValidationRun, command: str, summ: dict, kinds: pd.DataFrame,
         "",
         gpu_note,
         "",
+        *_load_note(run),
         f"- device: {info.name} ({info.backend}); driver {info.driver}; torch {info.torch_version}; "
         f"CUDA {info.cuda_version}; {info.cpu_count} CPUs; date {info.date}",
         f"- profile: `{prof.name}` (dtype {prof.dtype}, {prof.threads} torch thread(s) per stream thread, "
@@ -261,6 +263,27 @@ def _markdown(run: ValidationRun, command: str, summ: dict, kinds: pd.DataFrame,
         "",
     ]
     return "\n".join(lines)
+
+
+def _load_note(run: ValidationRun) -> list[str]:
+    """A warning when the machine was busier than its cores (1-minute load average)."""
+    loads = [v for v in run.load.values()] + [o.row.get("load_1min", float("nan")) for o in run.outcomes]
+    loads = [v for v in loads if v == v]
+    if not loads:
+        return []
+    cal = ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in run.load.items())
+    text = (f"- load average (1 min): {cal}; per point {min(loads):.1f} to {max(loads):.1f} "
+            f"(column `load_1min` of `points.csv`); {run.info.cpu_count} cores")
+    if not run.overloaded:
+        return [text, ""]
+    own = (f" The load includes this run's own stream threads, which by design keep about {run.info.cpu_count} "
+           "cores busy during a point, so a load above the core count means other processes competed for them."
+           if run.backend == "cpu" else "")
+    return [f"**Warning: the machine was overloaded** (1-minute load average up to {run.max_load:.1f} on "
+            f"{run.info.cpu_count} cores)."
+            + (" CPU-backend timings (calibration and measurements) are then unreliable; rerun on an idle machine."
+               if run.backend == "cpu" else " Host-side timings (CPU ops, dispatch) may be inflated.") + own,
+            "", text, ""]
 
 
 def _residual_text(run: ValidationRun, kinds: pd.DataFrame) -> str:

@@ -6,6 +6,7 @@ the joined op table, the per-point and per-step errors and the timelines.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable
@@ -48,6 +49,20 @@ class ValidationRun:
     bench: BenchResults | None
     outcomes: list[PointOutcome] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
+    #: 1-minute load average at the start and end of calibration (and per point: `points`)
+    load: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def overloaded(self) -> bool:
+        """The machine ran more runnable work than it has cores at some point of the run:
+        on the CPU backend the executor's threads then share cores with strangers."""
+        loads = list(self.load.values()) + [o.row.get("load_1min", 0.0) for o in self.outcomes]
+        return max(loads, default=0.0) > self.info.cpu_count
+
+    @property
+    def max_load(self) -> float:
+        loads = list(self.load.values()) + [o.row.get("load_1min", 0.0) for o in self.outcomes]
+        return max(loads, default=0.0)
 
     @property
     def points(self) -> pd.DataFrame:
@@ -75,6 +90,14 @@ def calibrate(backend: str, vset: ValidationSet, info: DeviceInfo,
     return base.model_copy(update={"op_overhead_s": overhead}), bench
 
 
+def load_1min() -> float:
+    """The 1-minute load average (runnable + waiting tasks), NaN where the OS has none."""
+    try:
+        return float(os.getloadavg()[0])
+    except (OSError, AttributeError):
+        return float("nan")
+
+
 def _label(p: PointSpec) -> str:
     w = p.workload
     return f"{p.model.name} L{p.model.layers} b{w.batch} p{w.prompt_len} g{w.gen_len} {p.policy.label}"
@@ -86,18 +109,24 @@ def run_validation(backend: str, size: str, profile: str | Path | None = None,
     vset = validation_set(backend, size)
     t0 = time.perf_counter()
     bench = None
+    load_before = load_1min()
     if profile is None:
         prof, bench = calibrate(backend, vset, info, say)
     else:
         prof = load_profile(profile, current=info.as_dict())
     run = ValidationRun(backend, size, info, prof, vset, bench)
     run.timings_s["calibration_s"] = time.perf_counter() - t0
+    run.load = {"calibration_start": load_before, "calibration_end": load_1min()}
+    if max(run.load.values()) > info.cpu_count:
+        say(f"warning: load average {max(run.load.values()):.1f} > {info.cpu_count} cores during calibration; "
+            "CPU-backend timings are unreliable")
     hardware = prof.hardware_spec()
     weights = WeightCache()
     t1 = time.perf_counter()
     points = vset.points(hardware)
     for i, point in enumerate(points):
-        say(f"point {i + 1}/{len(points)}: {_label(point)}")
+        load = load_1min()
+        say(f"point {i + 1}/{len(points)}: {_label(point)} (load {load:.1f})")
         meas = measure(point, backend, repeats=vset.repeats, warmup=vset.warmup, weights=weights)
         sim = simulate_profiled(meas.schedule, prof, point.model)
         sim_tl, meas_tl = sim.timeline(), meas.result.timeline()
@@ -112,6 +141,7 @@ def run_validation(backend: str, size: str, profile: str | Path | None = None,
                "batch": point.workload.batch, "prompt_len": point.workload.prompt_len,
                "gen_len": point.workload.gen_len, "policy": point.policy.label, "ops": len(meas.schedule.ops),
                **row, "runs_s": ";".join(f"{r:.4f}" for r in meas.runs_s), "host_memory": meas.host_memory,
+               "host_cache_memory": meas.host_cache_memory, "load_1min": max(load, load_1min()),
                "roofline_makespan_s": roof, "roofline_e2e_ape": abs(roof - row["makespan_meas_s"])
                / row["makespan_meas_s"], "idle_rates_makespan_s": idle,
                "idle_rates_e2e_ape": abs(idle - row["makespan_meas_s"]) / row["makespan_meas_s"],

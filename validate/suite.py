@@ -18,12 +18,18 @@ from .microbench import BenchPlan
 SIZES = ("quick", "standard")
 
 
-def _policies(k: int) -> tuple[PolicySpec, ...]:
+def _policies(k: int, prompt_len: int) -> tuple[PolicySpec, ...]:
+    """Each policy kind: KVPR with a fixed split (half the prompt: half the context rebuilt at
+    the first decode step), HybridServe with half its blocks in the K,V pool."""
+    block = max(1, min(16, prompt_len // 4))
     return (
         PolicySpec(kind="kv-only", num_gpu_batches=k),
         PolicySpec(kind="kv-only", cpu_attention=True, num_gpu_batches=k),
         PolicySpec(kind="hybrid", kv_ratio=0.5, num_gpu_batches=k),
         PolicySpec(kind="token-recompute", kv_ratio=0.5, num_gpu_batches=k),
+        PolicySpec(kind="flexgen", num_gpu_batches=k),
+        PolicySpec(kind="kvpr", split_tokens=prompt_len // 2, num_gpu_batches=k),
+        PolicySpec(kind="hybridserve", kv_ratio=0.5, block_tokens=block, num_gpu_batches=k),
     )
 
 
@@ -67,22 +73,23 @@ def validation_set(backend: str, size: str) -> ValidationSet:
         if size == "quick":
             models, workloads = models[:1], workloads[:1]
             models = [m.model_copy(update={"layers": 2}) for m in models]
-        cases = [(m, w, p) for m in models for w in workloads for p in _policies(2)]
+        cases = [(m, w, p) for m in models for w in workloads for p in _policies(2, w.prompt_len)]
         return ValidationSet(size, backend, dtype, tuple(cases), repeats=3 if size == "standard" else 1,
                              warmup=1, bench=bench)
     dtype = "bf16"
     if size == "quick":
         m = _scaled("opt-1.3b", 2, dtype)
-        cases = [(m, WorkloadSpec(batch=2, prompt_len=16, gen_len=3), p) for p in _policies(2)]
+        w = WorkloadSpec(batch=2, prompt_len=16, gen_len=3)
+        cases = [(m, w, p) for p in _policies(2, w.prompt_len)]
         bench = BenchPlan(models=(m,), dtype=dtype, gemm_m=(1, 2, 4, 8, 16, 32), lm_head_m=(1, 2),
                           attn_batch=(1,), attn_context=(16, 32), prefill_tokens=(16,),
                           copy_bytes=tuple(int(2**e) for e in range(12, 27, 2)), min_total_s=0.01)
         return ValidationSet(size, backend, dtype, tuple(cases), repeats=1, warmup=1, bench=bench)
     opt2, opt4, llama = _scaled("opt-1.3b", 2, dtype), _scaled("opt-1.3b", 4, dtype), _scaled("llama-2-7b", 2, dtype)
     small, mid = WorkloadSpec(batch=4, prompt_len=32, gen_len=6), WorkloadSpec(batch=8, prompt_len=96, gen_len=6)
-    cases = ([(opt2, w, p) for w in (small, mid) for p in _policies(2)]
-             + [(opt4, small, p) for p in _policies(2)]
-             + [(llama, small, p) for p in _policies(2)])
+    cases = ([(opt2, w, p) for w in (small, mid) for p in _policies(2, w.prompt_len)]
+             + [(opt4, small, p) for p in _policies(2, small.prompt_len)]
+             + [(llama, small, p) for p in _policies(2, small.prompt_len)])
     bench = BenchPlan(models=(opt2, llama), dtype=dtype, gemm_m=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
                       lm_head_m=(1, 2, 4, 8), attn_batch=(1, 2, 4), attn_context=(16, 32, 64, 128, 256),
                       prefill_tokens=(16, 32, 64, 128))
