@@ -92,6 +92,7 @@ def plan_from_sizes(point: PointSpec, scheme, largest: dict[OpKind, int], worksp
 def check_plan(plan: MemoryPlan, what: str = "") -> None:
     """Raise MemoryPlanError if the plan exceeds either memory."""
     prefix = f"{what}: " if what else ""
+    over: list[tuple[str, str]] = []
     for side, items, need, have, fix in (
         ("GPU", plan.gpu, plan.gpu_bytes, plan.gpu_capacity_bytes,
          "lower policy.weights_gpu_percent, policy.cache_gpu_percent or policy.gpu_batch_size"),
@@ -101,7 +102,7 @@ def check_plan(plan: MemoryPlan, what: str = "") -> None:
         if need > have:
             top = sorted(items, key=lambda i: -i.bytes)[:3]
             parts = ", ".join(f"{i.what} {_gb(i.bytes)}" for i in top)
-            raise MemoryPlanError(
-                f"{prefix}does not fit in {side} memory: needs {_gb(need)} ({parts}), "
-                f"has {_gb(have)}; fix: {fix}"
-            )
+            over.append((f"{side} memory: needs {_gb(need)} ({parts}), has {_gb(have)}", fix))
+    if over:  # every side that overflows, so that fixing one does not reveal the other
+        raise MemoryPlanError(f"{prefix}does not fit in " + "; nor in ".join(w for w, _ in over)
+                              + "; fix: " + "; and ".join(f for _, f in over))
