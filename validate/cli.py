@@ -72,7 +72,8 @@ def validate(gpu: bool, device: str | None, out_dir: str | None, size: str, prof
     for w in caught:
         if issubclass(w.category, ProfileDeviceWarning):
             click.echo(f"warning: {w.message}", err=True)
-    if save_profile:
+    if save_profile:  # the profile takes the file's name, which is what a scenario's `hardware:` will say
+        run.profile = run.profile.model_copy(update={"name": Path(save_profile).stem})
         run.profile.save(save_profile)
     command = _command_line(gpu, device, out_dir, size, profile, save_profile)
     write_report(run, out, command)
