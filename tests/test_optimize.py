@@ -89,3 +89,19 @@ def test_optimize_command_prints_choices(tmp_path):
     assert "hybridserve r" in res.output and "kvpr l" in res.output
     bad = CliRunner().invoke(optimize, [str(f), "--point", "5"])
     assert bad.exit_code == 2 and "error:" in bad.output
+
+
+def test_an_optimiser_with_nothing_that_fits_does_not_stop_the_others(tmp_path, monkeypatch):
+    import hssim.sim.optimize.cli as opt_cli
+    from hssim.sim.memory import MemoryPlanError
+
+    def nothing_fits(*args, **kwargs):
+        raise MemoryPlanError("none of the 11 candidate configurations fits in memory")
+
+    monkeypatch.setattr(opt_cli, "search_ratio", nothing_fits)
+    f = tmp_path / "s.yaml"
+    f.write_text("model: {preset: opt-1.3b, layers: 2}\nhardware: rtx4090-pcie4\n"
+                 "workload: {batch: 4, prompt_len: 64, gen_len: 2}\npolicies: [{kind: kv-only}]\n")
+    res = CliRunner().invoke(optimize, [str(f), "--what", "ratio", "--what", "split", "-j", "1"])
+    assert res.exit_code == 0, res.output
+    assert "hybridserve r: no candidate fits in memory" in res.output and "kvpr l: simulated best" in res.output

@@ -11,7 +11,7 @@ from ..scenario import ScenarioError, load_yaml, points_from_mapping
 from ..specs import PointSpec
 from .flexgen_search import search_flexgen
 from .joint import search_joint
-from .ratio import closed_form_ratio, search_ratio
+from .ratio import RATIOS, closed_form_ratio, search_ratio
 from .search import SETTINGS, with_policy
 from .split import search_split
 
@@ -35,42 +35,65 @@ def _base_point(path: str, index: int) -> PointSpec:
     return points[index]
 
 
+def _flexgen_lines(point: PointSpec) -> list[str]:
+    res = search_flexgen(with_policy(point, kind="flexgen", kv_ratio=1.0))
+    p = res.best.point.policy
+    return [f"flexgen search: {p.gpu_batch_size}x{p.num_gpu_batches}, weights on GPU "
+            f"{p.weights_gpu_percent:g}%, cache on GPU {p.cache_gpu_percent:g}%, cpu_attention "
+            f"{p.cpu_attention}: {_fmt(res.best.throughput_tok_s)} ({len(res.feasible)} of "
+            f"{len(res.tried)} configurations fit)"]
+
+
+def _ratio_lines(point: PointSpec) -> list[str]:
+    hs = with_policy(point, kind="hybridserve", cpu_attention=False, cache_gpu_percent=0.0)
+    r_closed = round(closed_form_ratio(hs), 2)
+    res = search_ratio(hs, ratios=tuple(sorted({*RATIOS, r_closed})))
+    closed = next(c for c in res.tried if c.point.policy.kv_ratio == r_closed).throughput_tok_s
+    kv = next(c for c in res.tried if c.point.policy.kv_ratio == 1.0).throughput_tok_s
+    gain = f", {res.best.throughput_tok_s / kv:.2f}x over r=1" if kv else ""
+    return [f"hybridserve r: simulated best r={res.best.point.policy.kv_ratio:.2f} "
+            f"{_fmt(res.best.throughput_tok_s)}{gain}; closed-form balance r={r_closed:.2f} {_fmt(closed)}"]
+
+
+def _split_lines(point: PointSpec) -> list[str]:
+    rep = search_split(with_policy(point, kind="kvpr", cpu_attention=False, cache_gpu_percent=0.0))
+    best = rep.simulated.best
+    return [f"kvpr l: simulated best l={best.point.policy.split_tokens} {_fmt(best.throughput_tok_s)}; "
+            f"closed form l={rep.closed_form_tokens} {_fmt(rep.closed_form_tok_s)}; "
+            f"per-step rule {_fmt(rep.per_step_tok_s)}"]
+
+
+def _joint_lines(point: PointSpec) -> list[str]:
+    rep = search_joint(point)
+    p = rep.joint.best.point.policy
+    lines = [f"joint (block x placement x r): {p.label}, {p.gpu_batch_size}x{p.num_gpu_batches}, weights on "
+             f"GPU {p.weights_gpu_percent:.3g}%, cache on GPU {p.cache_gpu_percent:.3g}%: "
+             f"{_fmt(rep.joint.best.throughput_tok_s)}"]
+    for rule, tput in rep.rules.items():
+        gain = rep.gain_over(rule)
+        lines.append(f"  vs {rule}: {_fmt(tput)}" + (f", joint gains {gain:.2f}x" if gain else ""))
+    return lines
+
+
+OPTIMISERS = {"flexgen": ("flexgen search", _flexgen_lines), "ratio": ("hybridserve r", _ratio_lines),
+              "split": ("kvpr l", _split_lines), "joint": ("joint (block x placement x r)", _joint_lines)}
+
+
 def report_lines(point: PointSpec, what: tuple[str, ...]) -> list[str]:
+    """One block of lines per optimiser; one whose candidates all overflow memory says so."""
     wl = point.workload
+    pol = point.policy
     lines = [f"{point.model.name} on {point.hardware.name}, batch {wl.batch}, prompt {wl.prompt_len}, "
-             f"gen {wl.gen_len}"]
-    if "flexgen" in what:
-        res = search_flexgen(with_policy(point, kind="flexgen", kv_ratio=1.0))
-        p = res.best.point.policy
-        lines.append(f"flexgen search: {p.gpu_batch_size}x{p.num_gpu_batches}, weights on GPU "
-                     f"{p.weights_gpu_percent:g}%, cache on GPU {p.cache_gpu_percent:g}%, cpu_attention "
-                     f"{p.cpu_attention}: {_fmt(res.best.throughput_tok_s)} ({len(res.feasible)} of "
-                     f"{len(res.tried)} configurations fit)")
-    if "ratio" in what:
-        hs = with_policy(point, kind="hybridserve", cpu_attention=False, cache_gpu_percent=0.0)
-        res = search_ratio(hs)
-        r_closed = closed_form_ratio(hs)
-        closed = search_ratio(hs, ratios=(round(r_closed, 2),)).best.throughput_tok_s
-        kv = next(c for c in res.tried if c.point.policy.kv_ratio == 1.0).throughput_tok_s
-        gain = f", {res.best.throughput_tok_s / kv:.2f}x over r=1" if kv else ""
-        lines.append(f"hybridserve r: simulated best r={res.best.point.policy.kv_ratio:.1f} "
-                     f"{_fmt(res.best.throughput_tok_s)}{gain}; closed-form balance r={r_closed:.2f} "
-                     f"{_fmt(closed)}")
-    if "split" in what:
-        rep = search_split(with_policy(point, kind="kvpr", cpu_attention=False, cache_gpu_percent=0.0))
-        best = rep.simulated.best
-        lines.append(f"kvpr l: simulated best l={best.point.policy.split_tokens} {_fmt(best.throughput_tok_s)}; "
-                     f"closed form l={rep.closed_form_tokens} {_fmt(rep.closed_form_tok_s)}; "
-                     f"per-step rule {_fmt(rep.per_step_tok_s)}")
-    if "joint" in what:
-        rep = search_joint(point)
-        p = rep.joint.best.point.policy
-        lines.append(f"joint (block x placement x r): {p.label}, {p.gpu_batch_size}x{p.num_gpu_batches}, weights on "
-                     f"GPU {p.weights_gpu_percent:g}%, cache on GPU {p.cache_gpu_percent:g}%: "
-                     f"{_fmt(rep.joint.best.throughput_tok_s)}")
-        for rule, tput in rep.rules.items():
-            gain = rep.gain_over(rule)
-            lines.append(f"  vs {rule}: {_fmt(tput)}" + (f", joint gains {gain:.2f}x" if gain else ""))
+             f"gen {wl.gen_len} (scenario block {point.gpu_batch_size}x{pol.num_gpu_batches}, weights on GPU "
+             f"{pol.weights_gpu_percent:g}%)"]
+    for key in WHAT:
+        if key not in what:
+            continue
+        title, run = OPTIMISERS[key]
+        try:
+            lines += run(point)
+        except MemoryPlanError as e:
+            lines.append(f"{title}: no candidate fits in memory ({e})")
     return lines
 
 
