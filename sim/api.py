@@ -48,9 +48,17 @@ def model_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, mtime_ns: int) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 def point_key(point: PointSpec) -> str:
-    """Stable key of a fully resolved point under this hssim version and model code."""
-    blob = f"{model_fingerprint()}\n{point.model_dump_json()}".encode()
+    """Stable key of a fully resolved point under this hssim version and model code (and, for
+    hardware read from a calibrated profile, that profile's contents: a recalibration changes it)."""
+    profile = point.hardware.profile
+    digest = _file_digest(profile, Path(profile).stat().st_mtime_ns) if profile and Path(profile).exists() else ""
+    blob = f"{model_fingerprint()}\n{digest}\n{point.model_dump_json()}".encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -51,8 +51,11 @@ def run_metrics(result: SimResult) -> dict[str, float]:
     meta = sched.meta
     dur = result.duration_ns
     makespan_s = result.makespan_s
+    # Prefill ends when its last GPU compute (the first tokens' LM head) ends; its trailing
+    # cache stores count in decode, which they delay (or not) like any other op.
     step0 = sched.step_col == 0
-    prefill_s = float(result.end_ns[step0].max()) / 1e9
+    prefill_compute = step0 & (sched.stream_code == list(Stream).index(Stream.compute))
+    prefill_s = float(result.end_ns[prefill_compute if prefill_compute.any() else step0].max()) / 1e9
     decode_s = makespan_s - prefill_s
     busy_s = {}
     link_bytes = {}

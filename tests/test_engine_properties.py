@@ -30,6 +30,15 @@ def test_makespan_at_least_every_engine_and_the_critical_path(point):
 
 @FAST
 @given(small_points())
+def test_the_list_replay_computes_the_same_critical_path(point):
+    sched = build_schedule(point)
+    dur = durations_ns(sched, RooflineCostModel(point.hardware))
+    res = simulate(sched, RooflineCostModel(point.hardware), engine="list")
+    assert res.critical_ns == critical_path_ns(sched, dur)
+
+
+@FAST
+@given(small_points())
 def test_unlimited_engines_reach_exactly_the_critical_path(point):
     sched = build_schedule(point)
     dur = durations_ns(sched, RooflineCostModel(point.hardware))

@@ -105,3 +105,10 @@ def test_an_optimiser_with_nothing_that_fits_does_not_stop_the_others(tmp_path, 
     res = CliRunner().invoke(optimize, [str(f), "--what", "ratio", "--what", "split", "-j", "1"])
     assert res.exit_code == 0, res.output
     assert "hybridserve r: no candidate fits in memory" in res.output and "kvpr l: simulated best" in res.output
+
+
+def test_split_search_spans_the_whole_context():
+    """The past grows to prompt + gen - 1 tokens: l beyond the prompt must be reachable."""
+    rep = search_split(make_point(M, kind="kvpr", batch=8, num_gpu_batches=2, prompt_len=128, gen_len=9), steps=8)
+    tried = sorted(c.point.policy.split_tokens for c in rep.simulated.tried)
+    assert tried[0] == 0 and tried[-1] == 128 + 9 - 1

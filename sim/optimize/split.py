@@ -17,13 +17,17 @@ class SplitReport:
     simulated: SearchResult
 
 
-def split_grid(prompt_len: int, steps: int = 16) -> list[int]:
-    return sorted({round(prompt_len * i / steps) for i in range(steps + 1)})
+def split_grid(max_tokens: int, steps: int = 16) -> list[int]:
+    """`steps + 1` split points from 0 to `max_tokens`, evenly spaced."""
+    return sorted({round(max_tokens * i / steps) for i in range(steps + 1)})
 
 
 def search_split(point: PointSpec, steps: int = 16) -> SplitReport:
-    l_closed = closed_form_split_for(point.model, point.hardware, point.workload.prompt_len)
-    grid = sorted(set(split_grid(point.workload.prompt_len, steps)) | {l_closed})
+    """l over the whole context: the past grows to prompt + gen − 1 tokens, and a fixed l
+    above the current past means 'all of it as activations' for the early steps."""
+    wl = point.workload
+    l_closed = closed_form_split_for(point.model, point.hardware, wl.prompt_len)
+    grid = sorted(set(split_grid(wl.prompt_len + wl.gen_len - 1, steps)) | {l_closed})
     sim = best_of((with_policy(point, split_tokens=n) for n in grid), "split search")
     closed = next(c for c in sim.tried if c.point.policy.split_tokens == l_closed)
     per_step = evaluate(with_policy(point, split_tokens=None, split_rule="per-step"))

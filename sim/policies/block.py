@@ -584,7 +584,13 @@ class _BlockBuilder:
                 nid += 1
             else:
                 tail[i] = nid - 1
-        # store(n_items - 1)
+        # store(n_items - 1), after the sync that ends the last step
+        if barrier_on:
+            last = {}
+            for op in range(since, nid):
+                last[pstream[PC[op] // N]] = op
+            if last:
+                barrier = tuple(sorted(last.values()))
         st = ST[n_items - 1]
         if st is not None:
             deps = (attention[n_items - 1],)

@@ -21,38 +21,46 @@ from .schemes import CacheScheme
 
 
 def kvpr_objective_s(l_tokens: int, seq_tokens: int, batch: int, hidden: int, dtype_bytes: int,
-                     link_Bps: float, gpu_flops: float) -> float:
-    """KVPR's per-layer time: b·l·h·p/v_link + max(4·b·l·h²/v_gpu, 2·b·(s−l)·h·p/v_link)."""
+                     link_Bps: float, gpu_flops: float, kv_hidden: int | None = None) -> float:
+    """KVPR's per-layer time: b·l·h·p/v_link + max(4·b·l·h²/v_gpu, 2·b·(s−l)·h·p/v_link).
+
+    With grouped-query attention (`kv_hidden` = KV heads x head size < `hidden`) the K,V of a
+    token are 2·h_kv values and rebuilding them costs 4·h·h_kv FLOP; KVPR's paper has h_kv = h.
+    """
     b, h, p = batch, hidden, dtype_bytes
+    hk = hidden if kv_hidden is None else kv_hidden
     act_s = b * l_tokens * h * p / link_Bps
-    recompute_s = 4 * b * l_tokens * h * h / gpu_flops
-    kv_s = 2 * b * (seq_tokens - l_tokens) * h * p / link_Bps
+    recompute_s = 4 * b * l_tokens * h * hk / gpu_flops
+    kv_s = 2 * b * (seq_tokens - l_tokens) * hk * p / link_Bps
     return act_s + max(recompute_s, kv_s)
 
 
 def kvpr_closed_form_split(seq_tokens: int, hidden: int, dtype_bytes: int, link_Bps: float,
-                           gpu_flops: float) -> int:
-    """KVPR's split point: where recomputing l tokens takes as long as sending the other s−l as K,V.
+                           gpu_flops: float, kv_hidden: int | None = None) -> int:
+    """KVPR's split point: the l in [0, s] that minimises `kvpr_objective_s`.
 
-    The objective falls until 4·l·h²/v_gpu = 2·(s−l)·h·p/v_link and rises after, so the
-    optimum is that crossing, rounded to whichever neighbouring integer is lower.
+    The objective is piecewise linear in l with one break, where rebuilding l tokens takes as
+    long as sending the other s−l as K,V; its minimum is at that crossing (rounded either way)
+    or at an end: l = 0 when an activation costs more link time than the K,V it replaces
+    (grouped-query attention), l = s when even rebuilding all is cheaper than any K,V.
     """
-    per_kv = 2 * hidden * dtype_bytes / link_Bps
-    per_rec = 4 * hidden * hidden / gpu_flops
+    hk = hidden if kv_hidden is None else kv_hidden
+    per_kv = 2 * hk * dtype_bytes / link_Bps
+    per_rec = 4 * hidden * hk / gpu_flops
     cross = seq_tokens * per_kv / (per_rec + per_kv)
-
-    def f(l_tokens: int) -> float:
-        return kvpr_objective_s(l_tokens, seq_tokens, 1, hidden, dtype_bytes, link_Bps, gpu_flops)
-
     lo = max(0, min(seq_tokens, math.floor(cross)))
     hi = max(0, min(seq_tokens, math.ceil(cross)))
-    return lo if f(lo) <= f(hi) else hi
+
+    def f(l_tokens: int) -> float:
+        return kvpr_objective_s(l_tokens, seq_tokens, 1, hidden, dtype_bytes, link_Bps, gpu_flops, hk)
+
+    return min(dict.fromkeys((0, lo, hi, seq_tokens)), key=lambda n: (f(n), n))
 
 
 def closed_form_split_for(m: ModelSpec, hw: HardwareSpec, seq_tokens: int) -> int:
     """KVPR's closed form with the box's fixed figures: pinned H2D rate, achieved GEMM rate."""
     return kvpr_closed_form_split(seq_tokens, m.hidden, m.dtype_bytes, hw.link.h2d_pinned_Bps,
-                                  hw.gpu.peak_flops * hw.gpu.matmul_efficiency)
+                                  hw.gpu.peak_flops * hw.gpu.matmul_efficiency, m.kv_hidden)
 
 
 def cost_model_layer_s(m: ModelSpec, hw: HardwareSpec, gbs: int, past: int, l_tokens: int) -> float:

@@ -151,16 +151,3 @@ def ring_bound(layers: int, layer_h2d: int, layer_compute: int) -> int:
             break
         lo = n
     return lo
-
-
-def layer_bound(compute_s: float, layer_h2d_s: float, layers: int) -> int:
-    """Oneiros' bound alone: the most layers with N x layer_h2d_s <= compute_s."""
-    if layer_h2d_s <= 0:
-        return layers
-    n = min(layers, int(compute_s // layer_h2d_s))
-    # floor division of floats can be one off either way (0.5 // 0.02 == 24, 25 * 0.02 == 0.5)
-    while n > 0 and n * layer_h2d_s > compute_s:
-        n -= 1
-    while n < layers and (n + 1) * layer_h2d_s <= compute_s:
-        n += 1
-    return n

@@ -23,7 +23,7 @@ def _pt(model: str, hw: str, batch: int, prompt: int, gen: int, **policy) -> Poi
                      workload=WorkloadSpec(batch=batch, prompt_len=prompt, gen_len=gen), policy=PolicySpec(**policy))
 
 
-def _best(points, metric: str = "throughput_tok_s"):
+def _best(points):
     res = best_of(points)
     return res.best.throughput_tok_s, res.best.point.policy
 
