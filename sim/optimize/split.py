@@ -22,7 +22,7 @@ def split_grid(max_tokens: int, steps: int = 16) -> list[int]:
     return sorted({round(max_tokens * i / steps) for i in range(steps + 1)})
 
 
-def search_split(point: PointSpec, steps: int = 16) -> SplitReport:
+def search_split(point: PointSpec, steps: int = 32) -> SplitReport:
     """l over the whole context: the past grows to prompt + gen − 1 tokens, and a fixed l
     above the current past means 'all of it as activations' for the early steps."""
     wl = point.workload
