@@ -59,18 +59,24 @@ def check_complete(out: Path, n_points: int) -> pd.DataFrame:
     return df
 
 
+def _sweep_until(scenario: Path, out: Path, finished: int, output) -> subprocess.Popen:
+    """Start `hssim sweep` in its own process group; return once `finished` points are journalled."""
+    cmd = [sys.executable, "-m", "hssim.cli", "sweep", str(scenario), "--out", str(out), "--jobs", "2"]
+    proc = subprocess.Popen(cmd, stdout=output, stderr=subprocess.STDOUT if output is subprocess.PIPE else output,
+                            start_new_session=True)
+    journal = out / JOURNAL
+    deadline = time.time() + 120
+    while time.time() < deadline and not (journal.exists() and len(journal.read_bytes().splitlines()) >= finished):
+        time.sleep(0.05)
+    return proc
+
+
 def test_a_killed_sweep_resumes_with_every_point_exactly_once(tmp_path, slow_scenario):
     scenario = slow_scenario
     out = tmp_path / "out"
     n_points = len(load_points([scenario]))
-    cmd = [sys.executable, "-m", "hssim.cli", "sweep", str(scenario), "--out", str(out), "--jobs", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = _sweep_until(scenario, out, finished=3, output=subprocess.DEVNULL)
     journal = out / JOURNAL
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if journal.exists() and len(journal.read_bytes().splitlines()) >= 3:
-            break
-        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its workers, mid-run
     proc.wait()
     partial = len(Journal(journal).load())
@@ -104,12 +110,8 @@ def test_ctrl_c_stops_a_sweep_at_once_and_keeps_what_finished(tmp_path, slow_sce
     scenario = slow_scenario
     out = tmp_path / "out"
     n_points = len(load_points([scenario]))
-    cmd = [sys.executable, "-m", "hssim.cli", "sweep", str(scenario), "--out", str(out), "--jobs", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = _sweep_until(scenario, out, finished=2, output=subprocess.PIPE)
     journal = out / JOURNAL
-    deadline = time.time() + 120
-    while time.time() < deadline and not (journal.exists() and len(journal.read_bytes().splitlines()) >= 2):
-        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends: the sweep and its workers
     t0 = time.time()
     output, _ = proc.communicate(timeout=60)
