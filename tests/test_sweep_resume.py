@@ -204,3 +204,12 @@ def test_ranking_speedups_are_over_kv_only_else_flexgen():
     assert ranked.loc[(64, "kvpr"), "speedup"] == 1.5 and ranked.loc[(64, "kvpr"), "baseline"] == "flexgen"
     assert ranked.loc[(128, "flexgen"), "speedup"] == 0.8 and ranked.loc[(128, "flexgen"), "baseline"] == "kv-only"
     assert np.isnan(ranked.loc[(256, "kvpr"), "speedup"])
+
+
+def test_sweep_cli_starts_a_local_dask_cluster(tmp_path, scenario):
+    pytest.importorskip("distributed")
+    res = CliRunner().invoke(main, ["sweep", str(scenario), "--out", str(tmp_path / "c"), "--cluster", "local",
+                                    "-j", "2", "--no-report"])
+    assert res.exit_code == 0, res.output
+    assert "Dask cluster" in res.output
+    check_complete(tmp_path / "c", len(load_points([scenario])))
