@@ -206,6 +206,14 @@ def points_from_mapping(data: Mapping, source: str, default_name: str) -> list[P
             workload = WorkloadSpec.model_validate(wl)
         except ValidationError as e:
             raise pydantic_error(source, "workload", e) from None
+        positions = workload.prompt_len + workload.gen_len - 1  # the last token is generated, never fed in
+        if positions > model.max_positions:
+            swept = any(a.startswith("workload.") for a in chosen)
+            where = "workload (with the sweep's values)" if swept else "workload"
+            raise ScenarioError(source, where, f"prompt_len {workload.prompt_len} + gen_len {workload.gen_len} - 1 = "
+                                f"{positions} positions exceed {model.name}'s {model.max_positions}",
+                                f"keep prompt_len + gen_len <= {model.max_positions + 1}, or raise the model's "
+                                "max_positions")
         for idx, pol in enumerate(policies):
             field = f"policies[{idx}]"
             if not isinstance(pol, Mapping) or "kind" not in pol:

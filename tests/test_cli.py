@@ -102,6 +102,9 @@ BAD = {
     "key given twice": ("model: opt-1.3b\nhardware: t4-pcie3\nmodel: opt-6.7b\n"
                         "workload: {batch: 1, prompt_len: 8, gen_len: 2}\npolicies: [{kind: kv-only}]\n",
                         "line 3", "twice"),
+    "longer than the model": ("model: opt-1.3b\nhardware: t4-pcie3\n"
+                              "workload: {batch: 1, prompt_len: 2000, gen_len: 50}\n"
+                              "policies: [{kind: kv-only}]\n", "workload", "2048"),
     "does not fit": ("model: opt-175b\nhardware: t4-pcie3\nworkload: {batch: 8, prompt_len: 512, gen_len: 4}\n"
                      "policies: [{kind: kv-only}]\n", "host memory", "needs"),
 }
