@@ -487,15 +487,20 @@ class _BlockBuilder:
         nid = emit_loads(0, nid)
         since = 0
         pstream = self.payload_stream
+
+        def synced(since: int, nid: int, barrier: tuple[int, ...]) -> tuple[int, ...]:
+            """FlexGen's sync(): what the next op waits for, the last op of each stream issued
+            since `since` (streams run in order); unchanged if nothing was issued."""
+            last: dict[Stream, int] = {}
+            for op in range(since, nid):
+                last[pstream[PC[op] // N]] = op
+            return tuple(sorted(last.values())) if last else barrier
+
         for i in range(n_items):
             t, layer, j = items[i]
             if barrier_on:  # FlexGen: sync() ends every (layer, GPU batch) step
-                last: dict[Stream, int] = {}
-                for op in range(since, nid):
-                    last[pstream[PC[op] // N]] = op
-                if last:
-                    barrier = tuple(sorted(last.values()))
-                    bset = set(barrier)
+                barrier = synced(since, nid, barrier)
+                bset = set(barrier)
                 since = nid
             plain = barrier
             li = t * L + layer
@@ -586,11 +591,7 @@ class _BlockBuilder:
                 tail[i] = nid - 1
         # store(n_items - 1), after the sync that ends the last step
         if barrier_on:
-            last = {}
-            for op in range(since, nid):
-                last[pstream[PC[op] // N]] = op
-            if last:
-                barrier = tuple(sorted(last.values()))
+            barrier = synced(since, nid, barrier)
         st = ST[n_items - 1]
         if st is not None:
             deps = (attention[n_items - 1],)
