@@ -8,6 +8,7 @@ where the two meet, clipped to [0, 1].
 
 from __future__ import annotations
 
+from .. import costs
 from ..specs import PointSpec
 from .search import SearchResult, best_of, with_policy
 
@@ -25,8 +26,9 @@ def closed_form_ratio(point: PointSpec) -> float:
     link = hw.link.h2d_pinned_Bps
     b, s = wl.batch, wl.prompt_len + wl.gen_len / 2
     weights = m.weight_bytes_per_layer * (1 - pol.weights_gpu_percent / 100)
-    layer_flops = 24 * m.hidden * m.hidden * b  # one new token per sequence
-    rebuild_flops = 4 * m.hidden * m.kv_hidden * b * s  # all past tokens as activations
+    # one new token per sequence through the layer's GEMMs; all past tokens' K,V rebuilt (the one cost model)
+    layer_flops = sum(w(m, b, 1).flops for w in (costs.qkv_proj_work, costs.out_proj_work, costs.ffn_work))
+    rebuild_flops = costs.recompute_kv_work(m, round(b * s)).flops
     kv, act = m.kv_bytes_per_token * b * s, m.act_bytes_per_token * b * s
     # link(r) = (weights + act + r·(kv − act)) / link ; gpu(r) = (layer + (1 − r)·rebuild) / gpu
     a_link, c_link = (kv - act) / link, (weights + act) / link
