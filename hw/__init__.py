@@ -12,8 +12,9 @@
 - `runner`: what one op does, by kind, on those buffers;
 - `executor`: one issuing thread per schedule stream, CUDA or CPU backend, timing
   into the simulator's Timeline schema;
-- `numerics`: greedy generation through these kernels against Hugging Face's OPT;
-- `cli`: the `hssim measure` command.
+- `numerics`: greedy generation through these kernels against Hugging Face's OPT.
+
+The `hssim measure` command that drives it is `hssim.cli.measure`.
 
 Everything that imports torch is imported lazily by the callers, so `hssim` works
 without torch installed.

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..errors import UserError
 from ..sim.engine import SimResult
 from ..sim.metrics import run_metrics
 from ..sim.policies import build_schedule
@@ -50,7 +51,7 @@ from .weights import ModelWeights, random_weights
 WAIT_POLL_S = 0.05
 
 
-class ExecutorError(RuntimeError):
+class ExecutorError(UserError):
     """A schedule or a point the executor cannot run; the message says why."""
 
 

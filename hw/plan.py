@@ -49,7 +49,8 @@ import numpy as np
 from ..sim.policies.block import effective_point
 from ..sim.policies.hybridserve import HybridServe, block_flags, form_mini_batches, kv_prefix_tokens
 from ..sim.policies.kvpr import KVPR
-from ..sim.policies.schemes import CacheScheme, TokenRecompute, scheme_for
+from ..sim.policies.registry import scheme_for
+from ..sim.policies.schemes import CacheScheme, TokenRecompute
 from ..sim.schedule import Op, OpKind, Schedule, Stream
 from ..sim.specs import ModelSpec, PointSpec
 from .weights import LayerLayout

@@ -1,8 +1,8 @@
-"""Reports: figures and tables from a sweep's results, and Chrome traces of a timeline.
+"""Reports: figures and tables from a sweep's results (and serving's remapping figure).
 
-`make_report(results, out_dir)` writes the whole report; `write_chrome_trace(...)`
-writes one timeline as a trace. Imports are lazy so that writing a trace does not
-load matplotlib.
+`make_report(results, out_dir)` writes the whole report. Imports are lazy so that
+importing the package does not load matplotlib. Chrome traces of a timeline are
+`hssim.sim.trace`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .report import build_report, make_report
-    from .trace import write_chrome_trace
 
-__all__ = ["build_report", "make_report", "write_chrome_trace"]
+__all__ = ["build_report", "make_report"]
 
 
 def __getattr__(name: str):
@@ -21,8 +20,4 @@ def __getattr__(name: str):
         from . import report
 
         return getattr(report, name)
-    if name == "write_chrome_trace":
-        from .trace import write_chrome_trace
-
-        return write_chrome_trace
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import UserError
 from ..sim.sweep import GROUP_COLUMNS
 
 #: columns every figure needs; the rest are checked figure by figure
@@ -38,20 +39,14 @@ class Skip(Exception):
     """The results lack what a figure needs; the message says what."""
 
 
-def _user_error(msg: str) -> Exception:
-    from ..cli import UserError  # imported late: hssim.cli imports this package
-
-    return UserError(msg)
-
-
 def _read(path: Path) -> pd.DataFrame:
     if path.is_dir():
         for name in ("results.parquet", "results.csv"):
             if (path / name).is_file():
                 return _read(path / name)
-        raise _user_error(f"{path}: no results.parquet or results.csv in this folder; {FIX}")
+        raise UserError(f"{path}: no results.parquet or results.csv in this folder; {FIX}")
     if not path.is_file():
-        raise _user_error(f"{path}: no such file; {FIX}")
+        raise UserError(f"{path}: no such file; {FIX}")
     try:
         if path.suffix == ".parquet":
             return pd.read_parquet(path)
@@ -59,21 +54,21 @@ def _read(path: Path) -> pd.DataFrame:
             return pd.read_csv(path)
     except Exception as e:  # any reader failure means the file is not a results table
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise _user_error(f"{path}: cannot read it as a {path.suffix[1:]} table ({first}); {FIX}") from None
-    raise _user_error(f"{path}: unknown table format; {FIX}")
+        raise UserError(f"{path}: cannot read it as a {path.suffix[1:]} table ({first}); {FIX}") from None
+    raise UserError(f"{path}: unknown table format; {FIX}")
 
 
 def load_results(source: pd.DataFrame | str | Path) -> pd.DataFrame:
     """A results table from a DataFrame, a results file, or a sweep's output folder.
 
-    Raises `hssim.cli.UserError` when the file is missing, unreadable or lacks the
+    Raises `hssim.errors.UserError` when the file is missing, unreadable or lacks the
     columns of a results table. Adds the `series` column.
     """
     name = "results table" if isinstance(source, pd.DataFrame) else str(source)
     df = source.copy() if isinstance(source, pd.DataFrame) else _read(Path(source))
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
-        raise _user_error(f"{name}: not a results table, it lacks the columns {', '.join(missing)}; {FIX}")
+        raise UserError(f"{name}: not a results table, it lacks the columns {', '.join(missing)}; {FIX}")
     df["series"] = series_of(df)
     return df.reset_index(drop=True)
 

@@ -35,14 +35,14 @@ class PointRun:
 
 @functools.cache
 def model_fingerprint() -> str:
-    """Hash of the simulator's own source (sim/, and validate/ for calibrated profiles).
+    """Hash of the simulator's own source (sim/: every cost model, calibrated ones included).
 
     Part of every point key, so a sweep rerun after the model changed recomputes its
     points instead of reusing results the old code made.
     """
     root = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256(__version__.encode())
-    for path in sorted([*(root / "sim").rglob("*.py"), *(root / "validate").rglob("*.py")]):
+    for path in sorted((root / "sim").rglob("*.py")):
         digest.update(path.relative_to(root).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
@@ -71,8 +71,8 @@ def run_point(point: PointSpec, cost: CostModel | None = None, engine: str = "si
     """
     schedule = build_schedule(point)
     if cost is None and point.hardware.profile:
-        from ..validate.contention import simulate_profiled
-        from ..validate.profile import load_profile
+        from .costs.contention import simulate_profiled
+        from .costs.profile import load_profile
 
         result = simulate_profiled(schedule, load_profile(point.hardware.profile), point.model)
     else:

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import simpy
 
-from .costs import CostModel, durations_ns
+from .costs.roofline import CostModel, durations_ns
 from .schedule import Schedule, Stream
 
 TIMELINE_COLUMNS = [

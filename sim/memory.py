@@ -12,13 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..errors import MemoryPlanError
 from . import costs
 from .schedule import MemoryItem, MemoryPlan, Op, OpKind
 from .specs import PointSpec
-
-
-class MemoryPlanError(ValueError):
-    """A schedule that does not fit; the message names what, how much, and the fix."""
 
 
 #: how many outputs of each kind can be alive at once, given `k` micro-batches

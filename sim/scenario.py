@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from ..errors import ScenarioError
 from .presets import HARDWARE, MODELS
 from .specs import (
     COMMON_POLICY_PARAMS,
@@ -43,12 +44,6 @@ from .specs import (
 
 TOP_KEYS = {"name", "description", "model", "hardware", "workload", "policies", "policy_defaults", "sweep"}
 REQUIRED = ("model", "hardware", "workload", "policies")
-
-
-class ScenarioError(ValueError):
-    def __init__(self, source: str, field: str, message: str, fix: str) -> None:
-        self.source, self.field, self.message, self.fix = source, field, message, fix
-        super().__init__(f"{source}: {field}: {message}; fix: {fix}")
 
 
 def pydantic_error(source: str, prefix: str, err: ValidationError) -> ScenarioError:
@@ -109,7 +104,7 @@ def resolve_preset(source: str, field: str, value: Any, presets: Mapping[str, An
 
 def _hardware_from_profile(name: str) -> HardwareSpec | None:
     """A hardware spec from a calibrated profile named like a preset, or None if there is none."""
-    from ..validate.profile import ProfileError, find_profile, load_profile
+    from .costs.profile import ProfileError, find_profile, load_profile
 
     try:
         path = find_profile(name)

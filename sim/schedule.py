@@ -136,12 +136,6 @@ class MemoryPlan:
     def host_bytes(self) -> int:
         return sum(i.bytes for i in self.host)
 
-    def check(self, what: str = "") -> None:
-        """Raise `MemoryPlanError` naming what does not fit, by how much."""
-        from .memory import check_plan
-
-        check_plan(self, what)
-
     @property
     def fits(self) -> bool:
         return (

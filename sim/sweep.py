@@ -25,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..errors import ClusterUnreachable
 from .api import POINT_COLUMNS, point_key, result_row, run_point
 from .memory import MemoryPlanError
 from .specs import PointSpec
@@ -98,10 +99,6 @@ class Journal:
                 return f.read(1) != b"\n"
         except FileNotFoundError:
             return False
-
-
-class ClusterUnreachable(RuntimeError):
-    """No Dask scheduler answers at the address given."""
 
 
 def _ignore_sigint() -> None:

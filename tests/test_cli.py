@@ -157,7 +157,7 @@ def test_missing_file(tmp_path):
 
 
 def test_a_calibrated_profile_can_be_named_like_a_preset(tmp_path):
-    pytest.importorskip("hssim.validate.profile")
+    pytest.importorskip("hssim.sim.costs.profile")
     text = ("model: {preset: opt-1.3b, layers: 2}\nhardware: cpu-amd-epyc-2cpu-1t\n"
             "workload: {batch: 4, prompt_len: 32, gen_len: 3}\npolicies: [{kind: kv-only}]\n")
     res = invoke("run", write(tmp_path, text), "--json")

@@ -9,7 +9,7 @@ pytest.importorskip("torch")
 from click.testing import CliRunner  # noqa: E402
 
 from hssim.cli import main as hssim_main  # noqa: E402
-from hssim.hw.cli import measure  # noqa: E402
+from hssim.cli.measure import measure  # noqa: E402
 
 SCENARIO = """
 name: tiny-measure

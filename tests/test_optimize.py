@@ -5,7 +5,7 @@ from __future__ import annotations
 from click.testing import CliRunner
 from conftest import make_point, tiny_model
 
-from hssim.sim.optimize.cli import optimize
+from hssim.cli.optimize import optimize
 from hssim.sim.optimize.flexgen_search import search_flexgen
 from hssim.sim.optimize.joint import search_joint
 from hssim.sim.optimize.ratio import closed_form_ratio, search_ratio
@@ -92,7 +92,7 @@ def test_optimize_command_prints_choices(tmp_path):
 
 
 def test_an_optimiser_with_nothing_that_fits_does_not_stop_the_others(tmp_path, monkeypatch):
-    import hssim.sim.optimize.cli as opt_cli
+    import hssim.cli.optimize as opt_cli
     from hssim.sim.memory import MemoryPlanError
 
     def nothing_fits(*args, **kwargs):

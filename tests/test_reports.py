@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 from conftest import make_point, tiny_model
 
-from hssim.cli import UserError
+from hssim.cli.report import report
+from hssim.errors import UserError
 from hssim.reports import figures, timeline
-from hssim.reports.cli import report
 from hssim.reports.report import FIGURES, build_report, make_report
 from hssim.reports.results import Skip, best_per_series, load_results, series_of
 from hssim.reports.style import (
@@ -27,11 +27,11 @@ from hssim.reports.style import (
     series_name,
     series_sort_key,
 )
-from hssim.reports.trace import write_chrome_trace
 from hssim.sim.api import result_row, run_point
 from hssim.sim.schedule import OpKind
 from hssim.sim.specs import PolicyKind, PolicySpec
 from hssim.sim.sweep import run_points
+from hssim.sim.trace import write_chrome_trace
 
 PROMPTS = (16, 32)
 MODELS = (tiny_model(layers=3, hidden=128, heads=4), tiny_model(layers=2, hidden=256, heads=4))

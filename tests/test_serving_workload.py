@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from hssim.cli.serve import serve
 from hssim.sim.scenario import ScenarioError
-from hssim.sim.serving.cli import serve
 from hssim.sim.serving.scenario import load_serving_points
 from hssim.sim.serving.workload import LengthDist, ServingWorkload, poisson_requests, read_trace, workload_requests
 

@@ -11,11 +11,7 @@ import pandas as pd
 import pytest
 from conftest import make_point, tiny_model
 
-from hssim.sim.engine import simulate
-from hssim.sim.policies import build_schedule
-from hssim.sim.schedule import OpKind
-from hssim.validate.compare import join_ops, overlap, point_errors, step_times
-from hssim.validate.profile import (
+from hssim.sim.costs.profile import (
     Curve,
     GemmTable,
     HardwareProfile,
@@ -25,6 +21,10 @@ from hssim.validate.profile import (
     check_device,
     load_profile,
 )
+from hssim.sim.engine import simulate
+from hssim.sim.policies import build_schedule
+from hssim.sim.schedule import OpKind
+from hssim.validate.compare import join_ops, overlap, point_errors, step_times
 
 
 def _fit(c: float) -> LinearFit:
@@ -112,7 +112,7 @@ def test_validate_gpu_without_cuda_is_a_one_line_error():
         pytest.skip("a CUDA device is present")
     from click.testing import CliRunner
 
-    from hssim.validate.cli import validate
+    from hssim.cli.validate import validate
 
     r = CliRunner().invoke(validate, ["--gpu"])
     assert r.exit_code == 2
@@ -147,7 +147,7 @@ def test_validate_device_cpu_quick_writes_a_complete_finite_report(tmp_path):
     pytest.importorskip("torch")
     from click.testing import CliRunner
 
-    from hssim.validate.cli import validate
+    from hssim.cli.validate import validate
 
     out = tmp_path / "report"
     r = CliRunner().invoke(validate, ["--device", "cpu", "--set", "quick", "--out", str(out)])
@@ -180,7 +180,7 @@ def test_validate_device_cpu_quick_writes_a_complete_finite_report(tmp_path):
 
 
 def test_contention_blend_lies_between_idle_and_busy_rates():
-    from hssim.validate.contention import simulate_contended
+    from hssim.sim.costs.contention import simulate_contended
 
     p = make_point(tiny_model(layers=2), batch=4, prompt_len=16, gen_len=3, num_gpu_batches=2, kind="kv-only")
     sched = build_schedule(p)

@@ -18,11 +18,11 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from ..sim.costs.profile import Curve, GemmTable, HardwareProfile, LinearFit, ProfiledCostModel, overhead_key
 from ..sim.specs import HardwareSpec, ModelSpec, PointSpec, PolicySpec, WorkloadSpec
 from .device import DeviceInfo, require_torch
 from .measure import WeightCache, measure
 from .microbench import BenchResults
-from .profile import Curve, GemmTable, HardwareProfile, LinearFit, ProfiledCostModel, overhead_key
 
 FEATURES = ["kv_bytes", "flops", "rows"]
 

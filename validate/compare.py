@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .contention import union_intervals
+from ..sim.costs.contention import union_intervals
 
 KEYS = ["op_id", "stream", "kind", "layer", "step", "micro_batch"]
 

@@ -11,9 +11,7 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass
 
-
-class DeviceError(RuntimeError):
-    """The requested backend cannot run here; the message names the fix."""
+from ..errors import DeviceError
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import UserError
 from ..sim.engine import SimResult
 from ..sim.schedule import Schedule
 from ..sim.specs import ModelSpec, PointSpec
 
 
-class MeasureError(RuntimeError):
+class MeasureError(UserError):
     """The executor cannot run a point; the message says why."""
 
 

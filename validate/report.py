@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-from ..reports.trace import write_chrome_trace  # noqa: E402
+from ..sim.trace import write_chrome_trace  # noqa: E402
 from .compare import kind_errors, summary  # noqa: E402
 from .run import ValidationRun  # noqa: E402
 
@@ -296,7 +296,7 @@ def _residual_text(run: ValidationRun, kinds: pd.DataFrame) -> str:
             "(three or four threads on the cores the profile records), so an op's speed depends on what runs next "
             "to it. The micro-benchmarks measure each rate alone (`idle`) and with the neighbour thread always busy "
             "(`busy`); the prediction blends the two by how much of each op the simulated timeline overlaps the "
-            "other side (`validate/contention.py`). The ablation table shows how far each single rate is off. "
+            "other side (`sim/costs/contention.py`). The ablation table shows how far each single rate is off. "
             "What remains: the real neighbour is not always the benchmark's neighbour (a GEMM next to a small "
             "copy slows less than next to a 32 MB one); Python's GIL and thread wake-ups add jitter to the many "
             "small ops (copies of a few KB are dominated by dispatch, so their APE is large while their time is "

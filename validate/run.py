@@ -16,15 +16,15 @@ from pathlib import Path
 import pandas as pd
 
 from ..sim.costs import RooflineCostModel
+from ..sim.costs.contention import simulate_profiled
+from ..sim.costs.profile import HardwareProfile, ProfiledCostModel, load_profile
 from ..sim.engine import simulate
 from ..sim.specs import PointSpec
 from .calibrate import measure_dispatch, profile_from_bench
 from .compare import join_ops, overlap, point_errors
-from .contention import simulate_profiled
 from .device import DeviceInfo, device_info
 from .measure import WeightCache, measure
 from .microbench import BenchResults, run_microbenchmarks
-from .profile import HardwareProfile, ProfiledCostModel, load_profile
 from .suite import ValidationSet, validation_set
 
 

@@ -1,6 +1,14 @@
-"""Policies build schedules; they never run them."""
+"""Policies build schedules; they never run them.
+
+- `schemes`: what host memory holds per past token (K,V, activations, token ids), the
+  generic schemes (KV-only, token-recompute, hybrid);
+- `hybridserve`, `kvpr`: the published systems' schemes; `registry.scheme_for` picks one;
+- `placement`: FlexGen's whole-tensor weight placement;
+- `block`: FlexGen's block schedule, built for any scheme.
+"""
 
 from .block import build_schedule
-from .schemes import CacheScheme, scheme_for
+from .registry import scheme_for
+from .schemes import CacheScheme
 
 __all__ = ["CacheScheme", "build_schedule", "scheme_for"]

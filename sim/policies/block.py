@@ -28,11 +28,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import costs
-from ..memory import plan_from_sizes
+from ..memory import check_plan, plan_from_sizes
 from ..schedule import KIND_STREAM, LINK_KINDS, OpKind, Schedule, ScheduleMeta, Stream
 from ..specs import PointSpec, PolicyKind
 from .placement import flexgen_gpu_weight_percent, kv_proj_early_params
-from .schemes import CacheScheme, scheme_for
+from .registry import scheme_for
+from .schemes import CacheScheme
 
 Item = tuple[int, int, int]  # (step, layer, micro_batch)
 
@@ -370,7 +371,7 @@ class _BlockBuilder:
                                                         cache_on_host)
         if check_memory:
             wl = self.wl
-            plan.check(f"{self.m.name} on {self.point.hardware.name}, {self.pol.label}, batch {wl.batch} "
+            check_plan(plan, f"{self.m.name} on {self.point.hardware.name}, {self.pol.label}, batch {wl.batch} "
                        f"({k}x{self.gbs}), prompt {wl.prompt_len}, gen {wl.gen_len}")
         cols = self._emit(items)
         payloads = [None] * len(self.payloads)

@@ -17,7 +17,6 @@ import math
 from dataclasses import dataclass
 
 from ..schedule import OpKind
-from ..specs import PointSpec, PolicyKind, PolicySpec
 
 
 def held_as_other(past: int, kv_ratio: float) -> int:
@@ -124,28 +123,3 @@ class Hybrid(CacheScheme):
     def new_token_store(self, past: int) -> OpKind | None:
         grows = held_as_other(past + 1, self.kv_ratio) > held_as_other(past, self.kv_ratio)
         return OpKind.store_act if grows else OpKind.store_kv
-
-
-def scheme_for(policy: PolicySpec, point: PointSpec | None = None) -> CacheScheme:
-    """The cache scheme of a policy; kvpr and hybridserve need the whole `point`."""
-    if policy.kind in (PolicyKind.kv_only, PolicyKind.flexgen):
-        return KVOnly()
-    if policy.kind is PolicyKind.kvpr:
-        from .kvpr import kvpr_scheme
-
-        return kvpr_scheme(_need(point, policy))
-    if policy.kind is PolicyKind.hybridserve:
-        from .hybridserve import hybridserve_scheme
-
-        return hybridserve_scheme(_need(point, policy))
-    if policy.kind is PolicyKind.token_recompute:
-        return TokenRecompute(policy.kv_ratio)
-    if policy.kind is PolicyKind.hybrid:
-        return Hybrid(policy.kv_ratio)
-    raise ValueError(f"no cache scheme for policy kind {policy.kind.value!r}")
-
-
-def _need(point: PointSpec | None, policy: PolicySpec) -> PointSpec:
-    if point is None:
-        raise ValueError(f"the {policy.kind.value} scheme depends on the point (hardware, batch, lengths)")
-    return point

@@ -36,6 +36,7 @@ from pathlib import Path
 import pandas as pd
 import simpy
 
+from ...errors import ServingCapacityError
 from ..schedule import Stream
 from .metrics import serving_metrics
 from .paged import KVPool
@@ -44,10 +45,6 @@ from .scheduler import Queues, RequestState, SchedulerLimits, StepPlan, commit_s
 from .specs import ServingPoint
 from .timing import IterationCost
 from .workload import Request, workload_requests
-
-
-class ServingCapacityError(ValueError):
-    """The workload cannot be served at all on this point (a request larger than the pool, host full)."""
 
 
 def _ns(seconds: float) -> int:

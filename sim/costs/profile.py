@@ -32,14 +32,11 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..sim.schedule import Op, OpKind, Stream
-from ..sim.specs import DTYPE_BYTES, CPUSpec, FFNKind, GPUSpec, HardwareSpec, HostSpec, LinkSpec, ModelSpec
+from ...errors import ProfileError
+from ..schedule import Op, OpKind, Stream
+from ..specs import DTYPE_BYTES, CPUSpec, FFNKind, GPUSpec, HardwareSpec, HostSpec, LinkSpec, ModelSpec
 
-PROFILE_DIR = Path(__file__).resolve().parents[1] / "profiles"
-
-
-class ProfileError(ValueError):
-    """A profile that cannot be found or read; the message names the fix."""
+PROFILE_DIR = Path(__file__).resolve().parents[2] / "profiles"
 
 
 class ProfileDeviceWarning(UserWarning):
@@ -126,7 +123,7 @@ class HardwareProfile(_Frozen):
     dtype: str
     threads: int = Field(description="torch intra-op threads per executor stream thread")
     contention: str = Field(description="overlap: blend idle and busy rates by simulated overlap "
-                                        "(validate.contention); idle: idle rates only")
+                                        "(sim.costs.contention); idle: idle rates only")
     device_memory_bytes: int
     host_memory_bytes: int
     launch_s: float
@@ -240,7 +237,7 @@ class ProfiledCostModel:
     executor's dispatch cost for that op kind; copies follow the measured copy
     curve of their direction and host-memory kind; FlexGen's host attention
     follows its own fit. `contended=True` picks the rates measured with the
-    neighbour thread busy (default: idle rates; `validate.contention` blends the
+    neighbour thread busy (default: idle rates; `costs.contention` blends the
     two by how much each op overlaps the other side).
     """
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..sim.costs import durations_ns
-from ..sim.engine import SimResult, replay
-from ..sim.schedule import Schedule, Stream
-from ..sim.specs import ModelSpec
+from ..engine import SimResult, replay
+from ..schedule import Schedule, Stream
+from ..specs import ModelSpec
 from .profile import HardwareProfile, ProfiledCostModel
+from .roofline import durations_ns
 
 ITERATIONS = 3
 

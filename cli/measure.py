@@ -19,12 +19,13 @@ from pathlib import Path
 
 import click
 
-from ..cli import UserError, metrics_json, one_point, point_options, print_metrics, write_table
+from ..errors import UserError
 from ..sim.memory import MemoryPlanError
 from ..sim.scenario import ScenarioError
+from .common import Command, metrics_json, one_point, point_options, print_metrics, write_table
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("scenario", type=click.Path(dir_okay=False))
 @point_options
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
@@ -44,7 +45,7 @@ def measure(scenario: str, policy: str | None, sets: tuple[str, ...], device: st
         import torch  # noqa: F401
     except ImportError:
         raise UserError("hssim measure needs PyTorch; fix: pip install -e '.[hw]' (torch==2.13.0)") from None
-    from .executor import ExecutorError, measure_point, scaled_point
+    from ..hw.executor import ExecutorError, measure_point, scaled_point
 
     if timeline and Path(timeline).suffix not in (".parquet", ".csv"):
         raise UserError(f"{timeline}: unknown table format; fix: end the file name in .parquet or .csv")

@@ -12,16 +12,13 @@ from pathlib import Path
 import click
 import pandas as pd
 
-
-def _user_error(message: str) -> click.ClickException:
-    from hssim.cli import UserError  # imported late: hssim.cli registers this command
-
-    return UserError(message)
+from ..errors import UserError
+from .common import Group
 
 
 def _simulate(point):
-    from .engine import run_serving
-    from .report import result_row
+    from ..sim.serving.engine import run_serving
+    from ..sim.serving.report import result_row
 
     run = run_serving(point)
     iterations = run.iterations.assign(**{k: v for k, v in result_row(run).items()
@@ -67,7 +64,7 @@ def _print_table(df: pd.DataFrame) -> None:
         Console(width=width, no_color=True, highlight=False).print(t)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def serve() -> None:
     """Online serving: arrivals, continuous batching, vLLM swap/recompute vs Oneiros remapping."""
 
@@ -88,24 +85,24 @@ def serve() -> None:
 def run_cmd(files: tuple[str, ...], policy: str | None, as_json: bool, out_dir: str | None, with_iterations: bool,
             markdown: str | None, figures_dir: str | None, jobs: int) -> None:
     """Simulate every point of the serving scenario FILES (scenarios/serving/*.yaml)."""
-    from ..scenario import ScenarioError
-    from ..sweep import write_atomic
-    from .engine import ServingCapacityError
-    from .report import markdown_report
-    from .scenario import load_serving_points
+    from ..sim.scenario import ScenarioError
+    from ..sim.serving.engine import ServingCapacityError
+    from ..sim.serving.report import markdown_report
+    from ..sim.serving.scenario import load_serving_points
+    from ..sim.sweep import write_atomic
 
     if with_iterations and not out_dir:
-        raise _user_error("--iterations needs --out DIR; fix: add --out DIR")
+        raise UserError("--iterations needs --out DIR; fix: add --out DIR")
     if jobs < 1:
-        raise _user_error(f"--jobs {jobs}: fix: give at least 1")
+        raise UserError(f"--jobs {jobs}: fix: give at least 1")
     try:
         points = load_serving_points(files)
     except ScenarioError as e:
-        raise _user_error(str(e)) from None
+        raise UserError(str(e)) from None
     if policy:
         points = [p for p in points if policy in (p.policy.label, p.policy.kind.value)]
         if not points:
-            raise _user_error(f"--policy {policy}: no policy of the scenarios matches; "
+            raise UserError(f"--policy {policy}: no policy of the scenarios matches; "
                               "fix: use vllm-swap, vllm-recompute or oneiros (or a label)")
     try:
         if jobs == 1 or len(points) == 1:
@@ -114,7 +111,7 @@ def run_cmd(files: tuple[str, ...], policy: str | None, as_json: bool, out_dir: 
             with ProcessPoolExecutor(max_workers=jobs) as pool:
                 results = list(pool.map(_simulate, points))
     except ServingCapacityError as e:
-        raise _user_error(f"{', '.join(files)}: {e}; fix: raise gpu_kv_bytes or shorten the requests") from None
+        raise UserError(f"{', '.join(files)}: {e}; fix: raise gpu_kv_bytes or shorten the requests") from None
     df = pd.DataFrame([row for row, _ in results])
     if out_dir:
         out = Path(out_dir)
@@ -124,7 +121,7 @@ def run_cmd(files: tuple[str, ...], policy: str | None, as_json: bool, out_dir: 
             write_atomic(pd.concat([it for _, it in results], ignore_index=True), out / "iterations.parquet")
     figure = None
     if figures_dir:
-        from .figures import remapping_figure
+        from ..reports.serving import remapping_figure
 
         figure = remapping_figure(df, pd.concat([it for _, it in results], ignore_index=True), Path(figures_dir))
     if markdown:
@@ -158,17 +155,17 @@ def trace_cmd(out_file: str, requests: int, rate_rps: float, prompt_median: int,
     """Write a synthetic trace (arrival_s,prompt_len,output_len): Poisson arrivals, log-normal lengths."""
     from pydantic import ValidationError
 
-    from .workload import LengthDist, poisson_requests, write_trace
+    from ..sim.serving.workload import LengthDist, poisson_requests, write_trace
 
     try:
         prompt = LengthDist(dist="lognormal", median=prompt_median, sigma=sigma, max=prompt_max)
         output = LengthDist(dist="lognormal", median=output_median, sigma=sigma, max=output_max)
     except ValidationError as e:
-        raise _user_error(f"{e.errors()[0]['msg']}; fix: check the --*-median and --*-max options") from None
+        raise UserError(f"{e.errors()[0]['msg']}; fix: check the --*-median and --*-max options") from None
     reqs = poisson_requests(requests, rate_rps, prompt, output, seed)
     write_trace(reqs, Path(out_file))
     click.echo(f"wrote {len(reqs)} requests over {reqs[-1].arrival_s:.1f} s to {out_file}")
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m hssim.sim.serving.cli` until `hssim serve` is registered
+if __name__ == "__main__":  # pragma: no cover
     serve()

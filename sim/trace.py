@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..sim.schedule import Schedule, Stream
+from .schedule import Schedule, Stream
 
 #: track id per stream, in the order a trace viewer lists them
 STREAM_TIDS = {s.value: i for i, s in enumerate(Stream)}

@@ -6,8 +6,11 @@ from pathlib import Path
 
 import click
 
+from ..errors import UserError
+from .common import Command
 
-@click.command()
+
+@click.command(cls=Command)
 @click.argument("results", type=click.Path())
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="output folder (default: a 'report' folder beside RESULTS)")
@@ -15,12 +18,11 @@ import click
               help="draw only this figure (repeatable); tables are always written")
 def report(results: str, out_dir: str | None, only: tuple[str, ...]) -> None:
     """Turn RESULTS (a results.parquet/.csv or a sweep's --out folder) into figures and tables."""
-    from .report import FIGURES, build_report
+    from ..reports.report import FIGURES, build_report
 
     names = [f.name for f in FIGURES]
     unknown = [n for n in only if n not in names]
     if unknown:
-        from ..cli import UserError
 
         raise UserError(f"--figure {unknown[0]}: no such figure; fix: use one of {', '.join(names)}")
     src = Path(results)

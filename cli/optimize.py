@@ -6,14 +6,16 @@ from pathlib import Path
 
 import click
 
-from ..memory import MemoryPlanError
-from ..scenario import ScenarioError, load_yaml, points_from_mapping
-from ..specs import PointSpec
-from .flexgen_search import search_flexgen
-from .joint import search_joint
-from .ratio import RATIOS, closed_form_ratio, search_ratio
-from .search import SETTINGS, with_policy
-from .split import search_split
+from ..errors import UserError
+from ..sim.memory import MemoryPlanError
+from ..sim.optimize.flexgen_search import search_flexgen
+from ..sim.optimize.joint import search_joint
+from ..sim.optimize.ratio import RATIOS, closed_form_ratio, search_ratio
+from ..sim.optimize.search import SETTINGS, with_policy
+from ..sim.optimize.split import search_split
+from ..sim.scenario import ScenarioError, load_yaml, points_from_mapping
+from ..sim.specs import PointSpec
+from .common import Command
 
 WHAT = ("flexgen", "ratio", "split", "joint")
 
@@ -23,7 +25,6 @@ def _fmt(x: float | None) -> str:
 
 
 def _base_point(path: str, index: int) -> PointSpec:
-    from ...cli import UserError
 
     try:
         points = points_from_mapping(load_yaml(Path(path)), path, Path(path).stem)
@@ -97,7 +98,7 @@ def report_lines(point: PointSpec, what: tuple[str, ...]) -> list[str]:
     return lines
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("scenario", type=click.Path(dir_okay=False))
 @click.option("--point", "index", default=0, show_default=True, help="which point of the scenario to optimise")
 @click.option("--what", "what", multiple=True, type=click.Choice(WHAT),
@@ -112,7 +113,6 @@ def optimize(scenario: str, index: int, what: tuple[str, ...], jobs: int | None)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from ...cli import UserError
 
     point = _base_point(scenario, index)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from ..cli import UserError
+from ..errors import UserError
+from .common import Command
 
 
 def _command_line(gpu: bool, device: str | None, out: str | None, size: str, profile: str | None,
@@ -28,7 +29,7 @@ def _command_line(gpu: bool, device: str | None, out: str | None, size: str, pro
     return " ".join(parts)
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--gpu", is_flag=True, help="run on the CUDA GPU (fails if there is none)")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
               help="backend: cpu (the executor's CPU threads) or cuda; default cpu unless --gpu")
@@ -44,9 +45,9 @@ def validate(gpu: bool, device: str | None, out_dir: str | None, size: str, prof
              save_profile: str | None) -> None:
     """Calibrate the simulator from micro-benchmarks, run the validation set through the hw executor and
     the simulator, and report the error (tables, figures, Chrome traces)."""
-    from .device import DeviceError, resolve_backend
-    from .measure import MeasureError
-    from .profile import ProfileDeviceWarning, ProfileError
+    from ..sim.costs.profile import ProfileDeviceWarning, ProfileError
+    from ..validate.device import DeviceError, resolve_backend
+    from ..validate.measure import MeasureError
 
     try:
         backend = resolve_backend(gpu, device)
@@ -54,8 +55,8 @@ def validate(gpu: bool, device: str | None, out_dir: str | None, size: str, prof
         raise UserError(str(e)) from None
     if profile and save_profile:
         raise UserError("--profile loads a profile and --save-profile saves a calibrated one; fix: pass only one")
-    from .report import write_report
-    from .run import run_validation
+    from ..validate.report import write_report
+    from ..validate.run import run_validation
 
     out = Path(out_dir or f"out/validation/{backend}")
     t0 = time.perf_counter()
@@ -77,7 +78,7 @@ def validate(gpu: bool, device: str | None, out_dir: str | None, size: str, prof
         run.profile.save(save_profile)
     command = _command_line(gpu, device, out_dir, size, profile, save_profile)
     write_report(run, out, command)
-    from .compare import summary
+    from ..validate.compare import summary
 
     s = summary(run.points, run.steps)
     click.echo(f"{s['points']} points on {run.info.name} ({backend}): end-to-end APE median "

@@ -1,0 +1,5 @@
+"""`python -m hssim.cli`."""
+
+from . import main
+
+main()
