@@ -169,8 +169,9 @@ def swap_table(df: pd.DataFrame) -> str:
     cols = ["model", "box", "swapped GB (both ways)", "cudaMemcpyAsync calls", "bytes per call",
             "iteration waited per swapped GB (ms)", "bulk copy at the link's rate (ms per GB)"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    swap = df[(df["policy_label"] == "vllm-swap") & (df["kv_copies"] > 0) & (df["tenants"] == 1)]
-    for (model, hw), grp in swap.groupby(["model", "hardware"], sort=False):
+    swap = df[(df["policy_label"] == "vllm-swap") & (df["kv_copies"] > 0)
+              & df["tenant"].eq(df["tenant"].where(df["tenants"] == 1, ALL_TENANTS))]
+    for (_, model, hw), grp in swap.groupby(["scenario", "model", "hardware"], sort=False):
         gb = (grp["h2d_kv_bytes"] + grp["d2h_bytes"]).sum() / 1e9
         copies = int(grp["kv_copies"].sum())
         r = grp.iloc[0]
@@ -204,15 +205,14 @@ def claims_table(df: pd.DataFrame) -> str:
 
 def tenants_table(df: pd.DataFrame) -> str:
     """Multi-tenant points: each tenant and all together, per box, rate and policy."""
-    cols = ["scenario", "box", "rate (req/s, all)", "policy", "tenant", "TTFT p99 (s)", "TBT p99 (ms)", "tok/s",
+    cols = ["scenario", "box", "rate (req/s)", "policy", "tenant", "TTFT p99 (s)", "TBT p99 (ms)", "tok/s",
             "preempt.", "weight reloads / wait (s)", "most reclaimed GB in its pool", "swap wait (s)"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     multi = df[df["tenants"] > 1]
     for (scenario, hw, policy), grp in multi.groupby(["scenario", "hardware", "policy_label"], sort=False):
-        rate = grp.loc[grp["tenant"] == ALL_TENANTS, "rate_rps"]
         for _, r in grp.iterrows():
             lines.append("| " + " | ".join([
-                scenario, f"{hw} ({r['link']})", f"{rate.iloc[0]:g}" if len(rate) else "-", policy, r["tenant"],
+                scenario, f"{hw} ({r['link']})", f"{r['rate_rps']:g}", policy, r["tenant"],
                 f"{r['ttft_p99_s']:.3f}", f"{r['tbt_p99_s'] * 1e3:.1f}", f"{r['throughput_tok_s']:.0f}",
                 str(r["preemptions"]), f"{r['weight_reloads']} / {r['reload_wait_s']:.3f}",
                 f"{r['borrowed_bytes_max'] / 1e9:.1f}", f"{r['swap_wait_s']:.3f}"]) + " |")
@@ -260,7 +260,10 @@ def markdown_report(df: pd.DataFrame, command: str, figure: str | None = None,
         "`vllm-swap` issues one cudaMemcpyAsync per KV block, per layer, for K and for V (vLLM v0.6.3.post1, "
         "`CacheEngine.swap_in/swap_out` -> `csrc/cache_kernels.cu::swap_blocks`) on the compute stream before "
         "the forward pass; each costs the host `engine.memcpy_issue_s`. The wait per swapped GB is set by those "
-        "calls, not by the link's rate:", "",
+        "calls, not by the link's rate, wherever one call's bytes cross the link faster than the host issues the "
+        "next. (Which vLLM release the Oneiros paper ran is not stated in the material at hand; swapping exists "
+        "only in vLLM's V0 engine, where the code path is the same from v0.6.3.post1 to v0.8.5, and is used only "
+        "with `--preemption-mode swap`: by default V0 recomputes single-sequence requests.)", "",
         swap_table(df), "",
         *tenants,
         "All points (TTFT: time to first token; TBT: time between tokens; H2D weights: remapped layers streamed):",
