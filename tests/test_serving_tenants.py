@@ -200,3 +200,23 @@ def test_tenant_scenario_runs_and_reports_each_tenant(tmp_path: Path):
     md = (out / "r.md").read_text()
     assert "Several models on one GPU" in md and "tenants_over_time.png" in md
     assert (out / "tenants_over_time.png").read_bytes()[:4] == b"\x89PNG"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bundled_tenant_scenario_and_committed_report_cover_tenants_and_per_block_swaps():
+    import pandas as pd
+
+    from hssim.sim.serving.scenario import load_serving_points
+
+    points = load_serving_points([ROOT / "scenarios" / "serving" / "serving-tenants-llama2-7b.yaml"])
+    assert {len(p.tenants) for p in points} == {3}
+    assert {p.hardware.link.name for p in points} == {"nvlink-c2c", "pcie5-x16"}
+    df = pd.read_csv(ROOT / "reports" / "serving" / "results.csv")
+    assert {"all", "chat", "code", "summarize"} <= set(df["tenant"])
+    swapped = df[(df["policy"] == "vllm-swap") & (df["kv_copies"] > 0)]
+    bulk_s_per_gb = 1e9 / swapped["link_h2d_Bps"]
+    assert (swapped["swap_wait_s_per_gb"] >= bulk_s_per_gb * (1 - 1e-3)).all()  # never faster than the link
+    c2c = swapped[swapped["link"] == "nvlink-c2c"]
+    assert (c2c["swap_wait_s_per_gb"] > 3 * 1e9 / c2c["link_h2d_Bps"]).all()  # set by the calls, not the link
