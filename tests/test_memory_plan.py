@@ -62,7 +62,7 @@ def _device_bytes(dev: DeviceBuffers) -> int:
 @pytest.mark.parametrize("model", [tiny_model(layers=2, hidden=64, heads=4),
                                    tiny_model(layers=2, hidden=64, heads=4, kv_heads=2, llama=True)],
                          ids=["opt", "llama-gqa"])
-def test_the_plan_is_the_executors_device_buffers(model, policy):
+def test_the_plan_is_the_executors_device_buffers_and_holds_the_simulated_peak(model, policy):
     point = make_point(model, batch=4, prompt_len=12, gen_len=4, **policy)
     if point.model.norm_kind.value == "rmsnorm" and policy["kind"] == "flexgen":
         pytest.skip("FlexGen runs OPT only")
@@ -74,6 +74,8 @@ def test_the_plan_is_the_executors_device_buffers(model, policy):
     dev = DeviceBuffers.allocate(run, plan, weights, prompt_ids, torch.device("cpu"))
     buffers = sum(i.bytes for i in sched.memory.gpu if not i.what.startswith(TRANSIENT))
     assert buffers == _device_bytes(dev)
+    peak = memory_occupancy(simulate(sched, RooflineCostModel(point.hardware), engine="list"))["gpu_bytes"].max()
+    assert peak <= sched.memory.gpu_bytes
 
 
 def _hybridserve_box_points():
