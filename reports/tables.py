@@ -49,12 +49,13 @@ def ratio_table(df: pd.DataFrame) -> pd.DataFrame:
 
     The baseline is KV-only, else FlexGen (`results.baseline_per_point`), named in `relative_to`.
     """
-    ok = ok_rows(df, ["kv_ratio", "token_latency_s"])
+    every = ok_rows(df, ["token_latency_s"])  # the baselines too, which read no kv_ratio
+    ok = ok_rows(every, ["kv_ratio"])
     wl = workload_columns(ok)
     swept = ok[ok.groupby([*wl, "series"], dropna=False)["kv_ratio"].transform("nunique") >= 2]
     if swept.empty:
         raise Skip("no kv_ratio sweep")
-    base = baseline_per_point(ok, "token_latency_s", lower_is_better=True)
+    base = baseline_per_point(every, "token_latency_s", lower_is_better=True)
     rows = swept.join(base.rename(columns={"baseline_value": "_base"}), on=wl)
     out = rows[wl].copy()
     out["policy"] = rows["series"].map(series_name)

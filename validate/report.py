@@ -7,7 +7,7 @@ Layout of the output folder::
     profile.yaml              the calibrated profile used (or loaded)
     microbench/*.csv          the raw micro-benchmark timings (when calibrated)
     figures/*.png             scatter per op kind, side-by-side Gantt, overlap per policy
-    traces/*_sim.json, *_measured.json   Chrome / Perfetto traces of both timelines
+    traces/pointNN.json.gz    Chrome / Perfetto trace: the measured and the simulated timeline side by side
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-from ..sim.trace import write_chrome_trace  # noqa: E402
+from ..sim.trace import TracePart, write_trace  # noqa: E402
 from .compare import kind_errors, summary  # noqa: E402
 from .run import ValidationRun  # noqa: E402
 
@@ -175,10 +175,9 @@ def write_report(run: ValidationRun, out: str | Path, command: str) -> Path:
     for o in run.outcomes:
         i = o.row["point"]
         meta = {"point": o.row["label"], "device": run.info.name}
-        write_chrome_trace(o.schedule, o.sim_tl, out / "traces" / f"point{i:02d}_sim.json",
-                           meta={**meta, "timeline": "simulated"})
-        write_chrome_trace(o.schedule, o.meas_tl, out / "traces" / f"point{i:02d}_measured.json",
-                           meta={**meta, "timeline": "measured"})
+        write_trace([TracePart(o.meas_tl, o.schedule, "measured", run.info.name),
+                     TracePart(o.sim_tl, o.schedule, "sim")],
+                    out / "traces" / f"point{i:02d}.json.gz", meta=meta)
     gi, gstep = _gantt_choice(run)
     scatter_by_kind(ops, out / "figures" / "scatter_by_kind.png")
     gantt_decode_step(run, gi, gstep, out / "figures" / "gantt_decode_step.png")
@@ -254,8 +253,8 @@ def _markdown(run: ValidationRun, command: str, summ: dict, kinds: pd.DataFrame,
         "",
         "![overlap per policy](figures/overlap_by_policy.png)",
         "",
-        "Traces: `traces/pointNN_sim.json` and `traces/pointNN_measured.json` (open both in ui.perfetto.dev or "
-        "chrome://tracing).",
+        "Traces: `traces/pointNN.json.gz`, the measured and the simulated timeline of each point as two processes "
+        "of one trace (open it in ui.perfetto.dev or chrome://tracing).",
         "",
         "## Residual error",
         "",
