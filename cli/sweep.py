@@ -197,18 +197,27 @@ def _print_ranking(ranked) -> None:
     from rich.table import Table
 
     console = Console(width=100) if not Console().is_terminal else Console()
+    point_cols = {"model": "model", "hardware": "hardware", "batch": "batch", "prompt": "prompt_len",
+                  "gen": "gen_len"}
     for scenario, rows in ranked.groupby("scenario", sort=False):
-        t = Table(title=f"Best policy per point of {scenario} (best configuration of each kind)",
-                  title_justify="left", pad_edge=False, padding=(0, 1))
-        for col in RANK_COLUMNS:
+        # a column that holds one value in this scenario goes into the title instead
+        same = {c: rows[k].iloc[0] for c, k in point_cols.items() if rows[k].nunique() == 1}
+        varied = [c for c in point_cols if c not in same]
+        fixed = ", ".join(f"{v}" if c in ("model", "hardware") else f"{c} {v}" for c, v in same.items())
+        t = Table(title=f"Best policy per point of {scenario}" + (f" ({fixed})" if fixed else ""),
+                  caption="best configuration of each kind; speed-up over the baseline named", title_justify="left",
+                  pad_edge=False, padding=(0, 1))
+        for col in [*varied, *RANK_COLUMNS[5:]]:
             right = col in ("batch", "prompt", "gen", "tok/s")
             t.add_column(col, overflow="fold", justify="right" if right else "left")
-        for key, grp in rows.groupby(["model", "hardware", "batch", "prompt_len", "gen_len"], sort=False):
+        for key, grp in rows.groupby([point_cols[c] for c in varied] or ["scenario"], sort=False):
+            key = key if isinstance(key, tuple) else (key,)
             grp = grp.sort_values("rank")
             first = grp.iloc[0]
             second = grp.iloc[1] if len(grp) > 1 else None
             ratio = first["speedup"]
-            t.add_row(*[str(k) for k in key], first["policy_label"], f"{first['throughput_tok_s']:.2f}",
+            t.add_row(*([str(k) for k in key] if varied else []), first["policy_label"],
+                      f"{first['throughput_tok_s']:.2f}",
                       "-" if pd.isna(ratio) else f"{ratio:.2f}x over {first['baseline']}",
                       "-" if second is None else f"{second['policy_label']} ({second['throughput_tok_s']:.2f})")
         console.print(t)

@@ -257,9 +257,9 @@ def best_per_point(df: pd.DataFrame) -> pd.DataFrame:
     """For each workload point: every policy kind's best configuration, ranked.
 
     Columns: the group columns, rank, policy, policy_label, throughput_tok_s, speedup
-    (over the best configuration of `baseline` at that point: kv-only where it ran, else
-    flexgen, either attention placement; NaN where neither ran), baseline, bound_tok_s,
-    gpu_busy.
+    (over the best configuration of kv-only at that point where it ran, else of flexgen,
+    either attention placement; NaN where neither ran), baseline (that configuration's
+    label, e.g. `kv-only cpu-attn`), bound_tok_s, gpu_busy.
     """
     cols = [*GROUP_COLUMNS, "rank", "policy", "policy_label", "throughput_tok_s", "speedup", "baseline",
             "bound_tok_s", "gpu_busy"]
@@ -271,10 +271,10 @@ def best_per_point(df: pd.DataFrame) -> pd.DataFrame:
     for _, grp in best.groupby(GROUP_COLUMNS, sort=False):
         grp = grp.sort_values("throughput_tok_s", ascending=False).copy()
         kind = next((k for k in BASELINE_KINDS if (grp["policy"] == k).any()), None)
-        base = grp.loc[grp["policy"] == kind, "throughput_tok_s"].iloc[0] if kind else math.nan
+        base_row = grp.loc[grp["policy"] == kind].iloc[0] if kind else None
         grp["rank"] = range(1, len(grp) + 1)
-        grp["speedup"] = grp["throughput_tok_s"] / base
-        grp["baseline"] = kind
+        grp["speedup"] = grp["throughput_tok_s"] / (base_row["throughput_tok_s"] if kind else math.nan)
+        grp["baseline"] = base_row["policy_label"] if kind else None  # the exact configuration
         out.append(grp)
     return pd.concat(out)[cols].reset_index(drop=True)
 
