@@ -14,6 +14,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, PercentFormatter
+from matplotlib.transforms import offset_copy
 
 from .results import (
     Skip,
@@ -157,10 +158,15 @@ def throughput_vs_prompt(df: pd.DataFrame) -> Drawn:
         for series, x, y in curves:
             _plot_series(ax, x, y, series, legend_label(series, notes_by_series[series]), wide=series in wide)
         infeasible = _infeasible_prompts(df, sel, grp)
+        stacked: dict[int, int] = {}
         for series, xs in infeasible.items():  # where a line stops because the point does not fit
-            ax.plot(xs, [0] * len(xs), linestyle="none", marker="X", markersize=5, clip_on=False, zorder=4,
-                    color=series_colour(series), markeredgecolor="black", markeredgewidth=0.4,
-                    label="_infeasible")
+            for x in xs:  # on the axis; several series at one prompt stack upwards, never overprinted
+                k = stacked.get(x, 0)
+                stacked[x] = k + 1
+                ax.plot([x], [0], linestyle="none", marker="X", markersize=5, clip_on=False, zorder=4,
+                        color=series_colour(series), markeredgecolor="black", markeredgewidth=0.4,
+                        label="_infeasible", gid=f"infeasible:{series}",
+                        transform=offset_copy(ax.transData, fig=fig, y=6.5 * k, units="points"))
         any_infeasible |= bool(infeasible)
         prompts = sorted(set(grp["prompt_len"].unique()) | {x for xs in infeasible.values() for x in xs})
         ax.set_xscale("log", base=2)
@@ -305,8 +311,8 @@ def latency_vs_recompute_ratio(df: pd.DataFrame) -> Drawn:
             title = f"{point['scenario']}\n{title}"
         ax.set_title(f"{title}\nbatch {point.get('batch', '?')}, prompt {point.get('prompt_len', '?')}")
         ax.set_xlabel("recomputation ratio 1 − r")
-        ylabels.append(f"token latency (× {baseline_name(ref[0])})" if ref is not None
-                       else "token latency (× own r = 1)")
+        ylabels.append(f"token latency\n(× {baseline_name(ref[0])})" if ref is not None
+                       else "token latency\n(× own r = 1)")
     one_label = len(set(ylabels)) == 1
     for ax, label in zip(axes, ylabels, strict=False):
         ax.set_ylabel(label if not one_label or ax.get_subplotspec().is_first_col() else "")
@@ -412,10 +418,10 @@ def throughput_bars(df: pd.DataFrame) -> Drawn:
         bases = list(dict.fromkeys(sub["baseline"].dropna()))
         _draw_grouped(ax, sub, "throughput_tok_s", text=_fmt_speedup, mark_baseline=True)
         ax.set_ylim(0, ax.get_ylim()[1] * 1.25)  # room for the speed-up labels
-        ax.set_title(title)
-        over = (f"\nlabels: speed-up over {baseline_name(bases[0])}" if len(bases) == 1
-                else "\nlabels: speed-up over the hatched bar" if bases else "")
-        ax.set_ylabel("throughput (tokens/s)" + over)
+        over = (f"speed-up over {baseline_name(bases[0])}" if len(bases) == 1
+                else "speed-up over the hatched bar" if bases else "")
+        ax.set_title(title + (f"\n{over}" if over else ""))
+        ax.set_ylabel("throughput (tokens/s)")
     hide_unused(axes, len(panels))
     extra = [(Patch(facecolor="white", edgecolor="0.3", hatch=BASELINE_HATCH), "baseline of the speed-ups")] \
         if rows["baseline"].notna().any() else []

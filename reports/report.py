@@ -37,7 +37,7 @@ FIGURES = [
               figures.latency_vs_recompute_ratio),
     FigureDef("throughput_bars", "Throughput per model and policy (best configuration each); the number on a "
               "bar is its speed-up over the best configuration of {baseline} at that point (the better attention "
-              "placement; its bar is hatched), named in the axis label.", figures.throughput_bars),
+              "placement; its bar is hatched), named in each panel's title.", figures.throughput_bars),
     FigureDef("utilisation_traffic", "GPU busy fraction (top) and host↔GPU bytes moved, H2D + D2H (bottom, "
               "{traffic_scale}), per policy at its best configuration.", figures.utilisation_traffic),
     FigureDef("bound_distance", "Throughput as a fraction of the busiest-resource bound (the time the busiest "

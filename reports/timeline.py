@@ -279,8 +279,9 @@ def gantt_decode_step(runs: list[TimelineRun]) -> Drawn:
             # the zoomed window, outlined on the whole step so that the eye finds it
             ax.add_patch(Rectangle((lo, -0.5), hi - lo, len(streams), fill=False, edgecolor="0.1", linewidth=1.0,
                                    zorder=5, clip_on=False, gid="zoom-window"))
-            ax.annotate("zoomed →", (hi, -0.5), xytext=(2, 1), textcoords="offset points", ha="left",
-                        va="bottom", fontsize=6, color="0.1", annotation_clip=False)
+            ax.annotate("zoomed →", (hi, -0.5), xytext=(2, -1), textcoords="offset points", ha="left",
+                        va="top", fontsize=6, color="0.1", annotation_clip=False,
+                        bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
     for ax in axes[:-ncols]:
         ax.tick_params(labelbottom=False)
     for ax in axes[-ncols:]:
