@@ -38,3 +38,20 @@ class ServingCapacityError(UserError):
 
 class DeviceError(UserError):
     """The device asked for is not there (no CUDA for --gpu, no torch for the harness)."""
+
+
+class MissingExtra(UserError):
+    """An optional feature whose extra is not installed."""
+
+    def __init__(self, feature: str, extra: str, module: str) -> None:
+        super().__init__(f"{feature} needs the '{extra}' extra ({module} is not installed); "
+                         f"fix: pip install 'hssim[{extra}]' (from a checkout: pip install -e '.[{extra}]')")
+
+
+def require_distributed(feature: str):
+    """The `distributed` module, or a `MissingExtra` naming the `cluster` extra."""
+    try:
+        import distributed
+    except ImportError:
+        raise MissingExtra(feature, "cluster", "dask.distributed") from None
+    return distributed

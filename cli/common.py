@@ -120,12 +120,40 @@ def print_metrics(point: PointSpec, metrics: dict, title: str) -> None:
     Console().print(t)
 
 
+def check_table_path(path: str | Path | None, option: str) -> None:
+    """Refuse, before anything runs, a table path whose format is not .parquet or .csv."""
+    if path is not None and Path(path).suffix not in (".parquet", ".csv"):
+        raise UserError(f"{option} {path}: unknown table format; fix: end the file name in .parquet or .csv")
+
+
 def write_table(df, path: Path) -> None:
     from ..sim.sweep import write_atomic
 
-    if path.suffix not in (".parquet", ".csv"):
-        raise UserError(f"{path}: unknown table format; fix: end the file name in .parquet or .csv")
+    check_table_path(path, "output")
     write_atomic(df, path)
+
+
+def trace_options(fn):
+    """--trace FILE and its --trace-steps / --trace-layers filters."""
+    fn = click.option("--trace-layers", default=None, metavar="LIST",
+                      help="keep only these layers in the trace, e.g. 0-3 (the LM head stays with its step)")(fn)
+    fn = click.option("--trace-steps", default=None, metavar="LIST",
+                      help="keep only these steps in the trace, e.g. 0,1 (0 is the prefill)")(fn)
+    return click.option("--trace", type=click.Path(dir_okay=False), default=None,
+                        help="write a Chrome/Perfetto trace (.json or .json.gz): a process per device, a track "
+                             "per stream, dependency flows, memory and link-bandwidth counters")(fn)
+
+
+def trace_selection(trace: str | None, steps: str | None, layers: str | None) -> dict:
+    """Check the trace options before anything runs; the `steps`/`layers` keywords of the trace writers."""
+    from ..sim.trace import check_trace_path, parse_selection
+
+    if trace is None:
+        if steps is not None or layers is not None:
+            raise UserError("--trace-steps/--trace-layers filter a trace; fix: add --trace FILE.json")
+        return {}
+    check_trace_path(trace)
+    return {"steps": parse_selection(steps, "--trace-steps"), "layers": parse_selection(layers, "--trace-layers")}
 
 
 _point_options = [

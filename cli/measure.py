@@ -15,6 +15,7 @@ stderr.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import click
@@ -22,7 +23,17 @@ import click
 from ..errors import UserError
 from ..sim.memory import MemoryPlanError
 from ..sim.scenario import ScenarioError
-from .common import Command, metrics_json, one_point, point_options, print_metrics, write_table
+from .common import (
+    Command,
+    check_table_path,
+    metrics_json,
+    one_point,
+    point_options,
+    print_metrics,
+    trace_options,
+    trace_selection,
+    write_table,
+)
 
 
 @click.command(cls=Command)
@@ -38,8 +49,10 @@ from .common import Command, metrics_json, one_point, point_options, print_metri
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as one JSON object")
 @click.option("--timeline", type=click.Path(dir_okay=False), default=None,
               help="write the measured op timeline (.parquet or .csv)")
+@trace_options
 def measure(scenario: str, policy: str | None, sets: tuple[str, ...], device: str, layers: int | None,
-            repeats: int, warmup: int, dtype: str, as_json: bool, timeline: str | None) -> None:
+            repeats: int, warmup: int, dtype: str, as_json: bool, timeline: str | None, trace: str | None,
+            trace_steps: str | None, trace_layers: str | None) -> None:
     """Run one point of SCENARIO's schedule with real kernels and copies; print measured metrics."""
     try:
         import torch  # noqa: F401
@@ -47,8 +60,8 @@ def measure(scenario: str, policy: str | None, sets: tuple[str, ...], device: st
         raise UserError("hssim measure needs PyTorch; fix: pip install -e '.[hw]' (torch==2.13.0)") from None
     from ..hw.executor import ExecutorError, measure_point, scaled_point
 
-    if timeline and Path(timeline).suffix not in (".parquet", ".csv"):
-        raise UserError(f"{timeline}: unknown table format; fix: end the file name in .parquet or .csv")
+    check_table_path(timeline, "--timeline")
+    trace_filter = trace_selection(trace, trace_steps, trace_layers)
     try:
         full = one_point(scenario, policy, sets)
         point = scaled_point(full, layers)
@@ -61,8 +74,17 @@ def measure(scenario: str, policy: str | None, sets: tuple[str, ...], device: st
                        + (" (the CPU only emulates fp16; --dtype fp16 to force it)" if dtype == "auto" else ""),
                        err=True)
 
+        t0 = time.perf_counter()
+        started = [0]
+
         def progress(msg: str) -> None:
-            click.echo(f"hssim measure: {msg}", err=True)
+            elapsed = time.perf_counter() - t0
+            done, total = started[0], warmup + repeats
+            left = f", about {elapsed / done * (total - done):.0f} s left" if done else ""
+            started[0] += 1
+            click.echo(f"hssim measure: {msg} ({elapsed:.0f} s so far{left})", err=True)
+
+        click.echo(f"hssim measure: {expected_length(point, device, repeats, warmup)}", err=True)
 
         meas = measure_point(point, device, repeats=repeats, warmup=warmup, progress=progress)
     except (ScenarioError, MemoryPlanError, ExecutorError) as e:
@@ -80,6 +102,9 @@ def measure(scenario: str, policy: str | None, sets: tuple[str, ...], device: st
     }
     if timeline:
         write_table(meas.result.timeline(), Path(timeline))
+        click.echo(f"wrote the measured timeline to {timeline}", err=True)
+    if trace:
+        _write_trace(point, meas, Path(trace), trace_filter)
     if as_json:
         click.echo(json.dumps(metrics_json(full, metrics, extra)))
         return
@@ -89,6 +114,37 @@ def measure(scenario: str, policy: str | None, sets: tuple[str, ...], device: st
     print_metrics(full, metrics, f"{full.scenario}: {full.policy.label} (measured on {meas.device_name}{dt}, "
                                  f"host weights {meas.host_memory['weights']}, host cache {meas.host_memory['cache']}"
                                  f"{scale}; median of {repeats})")
+
+
+def expected_length(point, device: str, repeats: int, warmup: int) -> str:
+    """What the run will do, with the simulator's prediction of one run's length (of this
+    point's hardware preset, not of this machine: the CPU backend runs several times slower)."""
+    from ..sim.api import run_point
+
+    try:
+        predicted_s = run_point(point, engine="list").metrics["makespan_s"]
+    except Exception:  # noqa: BLE001 - the estimate is a courtesy; measuring reports real errors
+        predicted_s = None
+    runs = warmup + repeats
+    est = (f"; the simulator predicts {predicted_s:.3g} s per run on {point.hardware.name}"
+           if predicted_s is not None else "")
+    return (f"{runs} runs ({warmup} warm-up, {repeats} timed) of {point.model.layers} layers x "
+            f"{point.workload.gen_len} tokens on the {device} backend{est} (this machine may be much slower: "
+            "the time left is told after the first run); --layers K, --repeats and a smaller gen_len shorten it")
+
+
+def _write_trace(point, meas, path: Path, trace_filter: dict) -> None:
+    """The measured timeline and the simulator's of the same schedule, as two processes of one trace."""
+    from ..sim.api import run_point
+    from ..sim.trace import TracePart, write_trace
+
+    sim = run_point(point)
+    parts = [TracePart(meas.result.timeline(), meas.schedule, "measured", meas.device_name),
+             TracePart(sim.result.timeline(), sim.schedule, "sim")]
+    m = meas.schedule.meta
+    write_trace(parts, path, meta={"model": m.model, "hardware": m.hardware, "policy": m.policy,
+                                   "measured_on": meas.device_name}, **trace_filter)
+    click.echo(f"wrote the measured and simulated trace to {path} ({path.stat().st_size / 1e6:.1f} MB)", err=True)
 
 
 def run_dtype_for(model_dtype: str, device: str, requested: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -113,16 +114,22 @@ def optimize(scenario: str, index: int, what: tuple[str, ...], jobs: int | None)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-
     point = _base_point(scenario, index)
+    console = Console(stderr=True)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=Console(stderr=True), transient=True)
+                        console=console, transient=True)
     tasks: dict[str, int] = {}
+    t0 = last = time.perf_counter()
 
     def hook(label: str, done: int, total: int) -> None:
+        nonlocal last
         if label not in tasks:
             tasks[label] = progress.add_task(label, total=total)
         progress.update(tasks[label], completed=done)
+        now = time.perf_counter()
+        if not console.is_terminal and (done == total or now - last > 5):  # no live bar in a pipe or a log
+            last = now
+            click.echo(f"hssim optimize: {label}: {done}/{total} candidates ({now - t0:.0f} s)", err=True)
 
     SETTINGS.jobs, SETTINGS.progress = jobs, hook
     try:

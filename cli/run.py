@@ -10,7 +10,17 @@ import click
 
 from ..errors import MemoryPlanError, UserError
 from ..sim.specs import PointSpec
-from .common import Command, metrics_json, one_point, point_options, print_metrics, write_table
+from .common import (
+    Command,
+    check_table_path,
+    metrics_json,
+    one_point,
+    point_options,
+    print_metrics,
+    trace_options,
+    trace_selection,
+    write_table,
+)
 
 
 @click.command(cls=Command)
@@ -19,17 +29,19 @@ from .common import Command, metrics_json, one_point, point_options, print_metri
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as one JSON object")
 @click.option("--timeline", type=click.Path(dir_okay=False), default=None,
               help="write the op timeline (.parquet or .csv)")
-@click.option("--trace", type=click.Path(dir_okay=False), default=None,
-              help="write a Chrome/Perfetto trace (.json): one track per stream")
+@trace_options
 @click.option("--engine", type=click.Choice(["simpy", "list"]), default="simpy", show_default=True,
               help="SimPy replay, or the identical list-scheduling replay (faster)")
 @click.option("--layers", type=int, default=None,
               help="simulate only the first K layers (real per-layer shapes), as `hssim measure --layers K` runs")
 def run(scenario: str, policy: str | None, sets: tuple[str, ...], as_json: bool, timeline: str | None,
-        trace: str | None, engine: str, layers: int | None) -> None:
+        trace: str | None, trace_steps: str | None, trace_layers: str | None, engine: str,
+        layers: int | None) -> None:
     """Simulate one point of SCENARIO and print its metrics."""
     from ..sim.api import run_point, scaled_point
 
+    check_table_path(timeline, "--timeline")
+    trace_filter = trace_selection(trace, trace_steps, trace_layers)
     full = one_point(scenario, policy, sets)
     try:
         point = scaled_point(full, layers)
@@ -41,11 +53,15 @@ def run(scenario: str, policy: str | None, sets: tuple[str, ...], as_json: bool,
         raise UserError(f"{scenario}: {e}") from None
     if timeline:
         write_table(pr.result.timeline(), Path(timeline))
+        if not as_json:
+            click.echo(f"wrote the timeline ({len(pr.schedule)} ops) to {timeline}", err=True)
     if trace:
         from ..sim.trace import write_chrome_trace
 
         write_chrome_trace(pr.schedule, pr.result.timeline(), Path(trace),
-                           meta={"executor": "sim", **metrics_json(point, {})})
+                           meta={"executor": "sim", **metrics_json(point, {})}, **trace_filter)
+        if not as_json:
+            click.echo(f"wrote the trace to {trace} ({Path(trace).stat().st_size / 1e6:.1f} MB)", err=True)
     scaled = {"layers_run": point.model.layers, "model_layers": full.model.layers,
               "scaled": point.model.layers != full.model.layers}
     if as_json:

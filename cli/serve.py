@@ -6,7 +6,8 @@ import json
 import math
 import os
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import click
@@ -86,9 +87,9 @@ def serve() -> None:
               help="write the Markdown comparison table to this file")
 @click.option("--figures", "figures_dir", default=None, type=click.Path(file_okay=False),
               help="write remapping_over_time.png here: layers Oneiros remaps over time, one box per panel")
-@click.option("--jobs", "-j", type=int, default=1, show_default=True, help="worker processes")
+@click.option("--jobs", "-j", type=int, default=None, help="worker processes (default: all cores)")
 def run_cmd(files: tuple[str, ...], policy: str | None, as_json: bool, out_dir: str | None, with_iterations: bool,
-            markdown: str | None, figures_dir: str | None, jobs: int) -> None:
+            markdown: str | None, figures_dir: str | None, jobs: int | None) -> None:
     """Simulate every point of the serving scenario FILES (scenarios/serving/*.yaml)."""
     from ..sim.scenario import ScenarioError
     from ..sim.serving.engine import ServingCapacityError
@@ -98,8 +99,10 @@ def run_cmd(files: tuple[str, ...], policy: str | None, as_json: bool, out_dir: 
 
     if with_iterations and not out_dir:
         raise UserError("--iterations needs --out DIR; fix: add --out DIR")
-    if jobs < 1:
+    if jobs is not None and jobs < 1:
         raise UserError(f"--jobs {jobs}: fix: give at least 1")
+    asked_jobs = jobs
+    jobs = jobs or os.cpu_count() or 1
     try:
         points = load_serving_points(files)
     except ScenarioError as e:
@@ -109,12 +112,30 @@ def run_cmd(files: tuple[str, ...], policy: str | None, as_json: bool, out_dir: 
         if not points:
             raise UserError(f"--policy {policy}: no policy of the scenarios matches; "
                               "fix: use vllm-swap, vllm-recompute or oneiros (or a label)")
+    click.echo(f"hssim serve: {len(points)} points on {min(jobs, len(points))} process(es); a line as each "
+               "finishes", err=True)
+    t0 = time.perf_counter()
+
+    def done(i: int, point) -> None:
+        elapsed = time.perf_counter() - t0
+        left = elapsed / i * (len(points) - i)
+        click.echo(f"hssim serve: {i}/{len(points)} done ({point.scenario}, {point.policy.label}), "
+                   f"{elapsed:.0f} s so far, about {left:.0f} s left", err=True)
+
     try:
         if jobs == 1 or len(points) == 1:
-            results = [_simulate(p) for p in points]
+            results = []
+            for p in points:
+                results.append(_simulate(p))
+                done(len(results), p)
         else:
             with ProcessPoolExecutor(max_workers=jobs) as pool:
-                results = list(pool.map(_simulate, points))
+                futures = {pool.submit(_simulate, p): i for i, p in enumerate(points)}
+                by_index = {}
+                for fut in as_completed(futures):
+                    by_index[futures[fut]] = fut.result()
+                    done(len(by_index), points[futures[fut]])
+            results = [by_index[i] for i in range(len(points))]
     except ServingCapacityError as e:
         raise UserError(f"{', '.join(files)}: {e}; fix: raise gpu_kv_bytes or shorten the requests") from None
     df = pd.DataFrame([row for rows, _ in results for row in rows])
@@ -137,7 +158,8 @@ def run_cmd(files: tuple[str, ...], policy: str | None, as_json: bool, out_dir: 
     if markdown:
         command = "hssim serve run " + " ".join(files) + (f" --out {out_dir}" if out_dir else "") + \
             f" --markdown {markdown}" + (f" --figures {figures_dir}" if figures_dir else "") + \
-            (f" --jobs {jobs}" if jobs > 1 else "")
+            (f" --jobs {asked_jobs}" if asked_jobs else "")
+
         def rel(path):
             return os.path.relpath(path, Path(markdown).parent) if path is not None else None
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from pathlib import Path
 
 import click
 
-from ..errors import UserError
+from ..errors import UserError, require_distributed
 from .common import Command, write_table
 
 
@@ -23,8 +22,9 @@ from .common import Command, write_table
               help="run on a Dask cluster (tcp://host:8786), or 'local' to start one on this machine")
 @click.option("--fresh", is_flag=True, help="forget finished points in --out and run everything again")
 @click.option("--no-report", is_flag=True, help="skip the figures and tables (OUT/report/)")
+@click.option("--dry-run", is_flag=True, help="list the points and policy labels the FILES expand to, and stop")
 def sweep(files: tuple[str, ...], out_dir: str, jobs: int | None, cluster: str | None, fresh: bool,
-          no_report: bool) -> None:
+          no_report: bool, dry_run: bool) -> None:
     """Run every point of the scenario FILES; write results and rank policies per point.
 
     Resumable: rerun the same command after an interruption and finished points are kept.
@@ -35,7 +35,12 @@ def sweep(files: tuple[str, ...], out_dir: str, jobs: int | None, cluster: str |
     from ..sim.sweep import JOURNAL, best_per_point, run_sweep, write_results
 
     points = load_points(files)
+    if dry_run:
+        click.echo(describe_points(points))
+        return
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; fix: name a folder (it is created if missing)")
     if fresh and (out / JOURNAL).exists():
         (out / JOURNAL).unlink()
     console = Console(stderr=True)
@@ -60,7 +65,8 @@ def sweep(files: tuple[str, ...], out_dir: str, jobs: int | None, cluster: str |
     if not no_report:
         from ..reports import build_report
 
-        rep = build_report(df, out / "report")
+        console.print(f"report: drawing figures and tables into {out / 'report'}")
+        rep = build_report(df, out / "report", progress=lambda msg: console.print(f"report: {msg}"))
         console.print(f"report: {len(rep.paths)} files in {out / 'report'} (index: {out / 'report' / 'README.md'})"
                       + (f"; left out: {', '.join(rep.skipped)}" if rep.skipped else ""))
 
@@ -127,6 +133,9 @@ class _local_cluster:
         self.cluster, self.jobs, self.local = cluster, jobs, None
 
     def __enter__(self) -> str | None:
+        if self.cluster is None:
+            return None
+        require_distributed("hssim sweep --cluster")
         if self.cluster != "local":
             return self.cluster
         from distributed import LocalCluster
@@ -146,6 +155,7 @@ class _local_cluster:
 @click.option("--port", type=int, default=8786, show_default=True, help="scheduler port")
 def cluster(workers: int, host: str, port: int) -> None:
     """Start a local Dask cluster to try `hssim sweep --cluster ADDRESS`; Ctrl-C stops it."""
+    require_distributed("hssim cluster")
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host=host,
@@ -159,25 +169,57 @@ def cluster(workers: int, host: str, port: int) -> None:
             click.echo("stopped")
 
 
+def describe_points(points) -> str:
+    """What `--dry-run` prints: one line per workload point with the policy labels it runs, and the count."""
+    from ..sim.api import point_columns
+
+    by_site: dict[tuple, list[str]] = {}
+    for p in points:
+        c = point_columns(p)
+        site = (c["scenario"], c["model"], c["hardware"], c["batch"], c["prompt_len"], c["gen_len"])
+        by_site.setdefault(site, []).append(p.policy.label)
+    lines = []
+    for (scenario, model, hardware, batch, prompt, gen), labels in by_site.items():
+        lines.append(f"{scenario}: {model} on {hardware}, batch {batch}, prompt {prompt}, {gen} tokens: "
+                     f"{len(labels)} point(s): {'; '.join(labels)}")
+    lines.append(f"{len(points)} points at {len(by_site)} workload points; nothing was run")
+    return "\n".join(lines)
+
+
+#: the ranking's columns; the point's where it is printed once per scenario as a heading
+RANK_COLUMNS = ("model", "hardware", "batch", "prompt", "gen", "winner", "tok/s", "speed-up", "runner-up")
+
+
 def _print_ranking(ranked) -> None:
+    """One table per scenario, narrow enough for a 100-column terminal (labels wrap, never cut)."""
+    import pandas as pd
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title="Best policy per point (best configuration of each kind)")
-    for col in ("scenario", "model", "hardware", "batch", "prompt", "gen", "winner", "tok/s", "speed-up",
-                "runner-up"):
-        t.add_column(col)
-    for key, grp in ranked.groupby(["scenario", "model", "hardware", "batch", "prompt_len", "gen_len"], sort=False):
-        grp = grp.sort_values("rank")
-        first = grp.iloc[0]
-        second = grp.iloc[1] if len(grp) > 1 else None
-        ratio = first["speedup"]
-        t.add_row(*[str(k) for k in key], first["policy_label"], f"{first['throughput_tok_s']:.2f}",
-                  "-" if math.isnan(ratio) else f"{ratio:.2f}x over {first['baseline']}",
-                  "-" if second is None else f"{second['policy_label']} ({second['throughput_tok_s']:.2f})")
-    console = Console()
-    if not console.is_terminal:  # a log file: wide enough that no column is cut to "…"
-        console = Console(width=max(console.width, 200))
-    console.print(t)
+    console = Console(width=100) if not Console().is_terminal else Console()
+    point_cols = {"model": "model", "hardware": "hardware", "batch": "batch", "prompt": "prompt_len",
+                  "gen": "gen_len"}
+    for scenario, rows in ranked.groupby("scenario", sort=False):
+        # a column that holds one value in this scenario goes into the title instead
+        same = {c: rows[k].iloc[0] for c, k in point_cols.items() if rows[k].nunique() == 1}
+        varied = [c for c in point_cols if c not in same]
+        fixed = ", ".join(f"{v}" if c in ("model", "hardware") else f"{c} {v}" for c, v in same.items())
+        t = Table(title=f"Best policy per point of {scenario}" + (f" ({fixed})" if fixed else ""),
+                  caption="best configuration of each kind; speed-up over the baseline named", title_justify="left",
+                  pad_edge=False, padding=(0, 1))
+        for col in [*varied, *RANK_COLUMNS[5:]]:
+            right = col in ("batch", "prompt", "gen", "tok/s")
+            t.add_column(col, overflow="fold", justify="right" if right else "left")
+        for key, grp in rows.groupby([point_cols[c] for c in varied] or ["scenario"], sort=False):
+            key = key if isinstance(key, tuple) else (key,)
+            grp = grp.sort_values("rank")
+            first = grp.iloc[0]
+            second = grp.iloc[1] if len(grp) > 1 else None
+            ratio = first["speedup"]
+            t.add_row(*([str(k) for k in key] if varied else []), first["policy_label"],
+                      f"{first['throughput_tok_s']:.2f}",
+                      "-" if pd.isna(ratio) else f"{ratio:.2f}x over {first['baseline']}",
+                      "-" if second is None else f"{second['policy_label']} ({second['throughput_tok_s']:.2f})")
+        console.print(t)
 
 

@@ -78,6 +78,10 @@ def validate(gpu: bool, device: str | None, out_dir: str | None, size: str, prof
         run.profile.save(save_profile)
     command = _command_line(gpu, device, out_dir, size, profile, save_profile)
     write_report(run, out, command)
+    from ..reports.validation import draw_validation_figures
+    from ..validate.report import figure_inputs
+
+    draw_validation_figures(out / "figures", **figure_inputs(run))
     from ..validate.compare import summary
 
     s = summary(run.points, run.steps)

@@ -31,7 +31,12 @@ def tiny_opt_spec(layers: int = 2, hidden: int = 64, heads: int = 4, vocab: int 
 
 def hf_opt_model(m: ModelSpec, seed: int = 0, init_std: float = 0.1):
     """A random-weight `OPTForCausalLM` of spec `m` (fp32, eval mode), built locally."""
-    from transformers import OPTConfig, OPTForCausalLM
+    try:
+        from transformers import OPTConfig, OPTForCausalLM
+    except ImportError:
+        from ..errors import MissingExtra
+
+        raise MissingExtra("the numerics check", "numerics", "transformers") from None
 
     config = OPTConfig(
         vocab_size=m.vocab, hidden_size=m.hidden, num_hidden_layers=m.layers, ffn_dim=m.ffn,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, PercentFormatter
 from matplotlib.transforms import offset_copy
@@ -53,18 +54,20 @@ def _ordered(series) -> list[str]:
     return sorted(set(series), key=series_sort_key)
 
 
-def _figure_legend(fig: plt.Figure, axes: list[plt.Axes], ncol: int | None = None) -> None:
-    """One legend for the whole figure, below the panels, without duplicates.
+def _figure_legend(fig: plt.Figure, axes: list[plt.Axes], ncol: int | None = None,
+                   extra: list[tuple] | None = None) -> None:
+    """One legend for the whole figure, below the panels, without duplicates; `extra` adds
+    (handle, label) entries drawn on no axis (e.g. what a hatch means).
 
     Default columns: two on a one-column figure, four on a full-width one.
     """
     ncol = ncol or (2 if fig.get_figwidth() <= COLUMN_IN + 0.01 else 4)
     handles, labels = {}, []
-    for ax in axes:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            if lab not in handles and not lab.startswith("_"):
-                handles[lab] = h
-                labels.append(lab)
+    pairs = [pair for ax in axes for pair in zip(*ax.get_legend_handles_labels(), strict=True)]
+    for h, lab in [*pairs, *(extra or [])]:
+        if lab not in handles and not lab.startswith("_"):
+            handles[lab] = h
+            labels.append(lab)
     labels.sort(key=legend_rank)  # canonical series order; other entries (markers, unknown kinds) after
     if not labels:
         return
@@ -139,7 +142,7 @@ def throughput_vs_prompt(df: pd.DataFrame) -> Drawn:
     multi_batch = best.groupby(["model", "hardware"])["batch"].nunique().max() > 1 if "batch" in best else False
     multi_scenario = "scenario" in site and best["scenario"].nunique() > 1
     dups: dict[tuple[str, str], list[str]] = {}
-    wide_any = False
+    wide_any = any_infeasible = False
     for ax, key in zip(axes, sweeps, strict=False):
         sel = dict(zip(site, key, strict=True))
         grp = best.loc[(best[site] == pd.Series(sel)).all(axis=1)]
@@ -154,7 +157,18 @@ def throughput_vs_prompt(df: pd.DataFrame) -> Drawn:
         wide_any |= bool(wide)
         for series, x, y in curves:
             _plot_series(ax, x, y, series, legend_label(series, notes_by_series[series]), wide=series in wide)
-        prompts = sorted(grp["prompt_len"].unique())
+        infeasible = _infeasible_prompts(df, sel, grp)
+        stacked: dict[int, int] = {}
+        for series, xs in infeasible.items():  # where a line stops because the point does not fit
+            for x in xs:  # on the axis; several series at one prompt stack upwards, never overprinted
+                k = stacked.get(x, 0)
+                stacked[x] = k + 1
+                ax.plot([x], [0], linestyle="none", marker="X", markersize=5, clip_on=False, zorder=4,
+                        color=series_colour(series), markeredgecolor="black", markeredgewidth=0.4,
+                        label="_infeasible", gid=f"infeasible:{series}",
+                        transform=offset_copy(ax.transData, fig=fig, y=6.5 * k, units="points"))
+        any_infeasible |= bool(infeasible)
+        prompts = sorted(set(grp["prompt_len"].unique()) | {x for xs in infeasible.values() for x in xs})
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_locator(FixedLocator(prompts))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
@@ -166,13 +180,32 @@ def throughput_vs_prompt(df: pd.DataFrame) -> Drawn:
         if multi_batch:
             title += f" · batch {sel['batch']}"
         ax.set_title(title)
-        ax.set_xlabel("prompt length (tokens)")
+        ax.set_xlabel("prompt length (tokens, log₂ scale)")
         ax.set_ylabel("throughput (tokens/s)")
     hide_unused(axes, len(sweeps))
+    if any_infeasible:
+        axes[0].plot([], [], linestyle="none", marker="X", markersize=5, color="white", markeredgecolor="black",
+                     markeredgewidth=0.6, label="does not fit in memory (infeasible)")
     _figure_legend(fig, axes)
     if wide_any:
         notes.append("a wide line under a narrow one marks two policies within 1% of each other at every prompt")
     return Drawn(fig, notes, _duplicates_note(dups, len(sweeps)))
+
+
+def _infeasible_prompts(df: pd.DataFrame, site: dict, drawn: pd.DataFrame) -> dict[str, list[int]]:
+    """Per series drawn on a panel: the prompt lengths where it has only infeasible rows."""
+    if "status" not in df or "series" not in df:
+        return {}
+    bad = df[(df["status"] == "infeasible") & df["series"].isin(set(drawn["series"]))]
+    for col, value in site.items():
+        bad = bad[bad[col] == value] if not pd.isna(value) else bad[bad[col].isna()]
+    out: dict[str, list[int]] = {}
+    for series, rows in bad.groupby("series", sort=False):
+        ran = set(drawn.loc[drawn["series"] == series, "prompt_len"])
+        xs = sorted(int(p) for p in set(rows["prompt_len"]) - ran)
+        if xs:
+            out[series] = xs
+    return out
 
 
 # ---------------------------------------------------------------- latency vs recomputation ratio
@@ -188,36 +221,31 @@ def _ratio_workload(grp: pd.DataFrame, wl: list[str]) -> tuple:
 
 
 def _baseline_words(keys) -> str:
-    """'KV-only', 'FlexGen', or both when the points differ, for captions."""
+    """The exact baseline series ('KV-only, CPU attention'), or how it was picked when points differ."""
     names = [baseline_name(k) for k in dict.fromkeys(keys) if isinstance(k, str)]
     if not names:
         return "the baseline"
-    return names[0] if len(names) == 1 else "KV-only where it ran, else FlexGen"
+    if len(names) == 1:
+        return names[0]
+    return " or ".join(names) + ", the better at each point (the hatched bar, named on each panel)"
 
 
 def _label_optima(ax: plt.Axes, optima: list[tuple[str, float, float]]) -> None:
-    """Write 'latency× at ratio' under each optimum; labels of optima at nearby ratios stack in one column.
-
-    Optima within 0.4 of one another on the x-axis form a cluster; its labels hang below the
-    cluster's lowest optimum, one line each, in order of latency.
-    """
-    clusters: list[list[tuple[str, float, float]]] = []
-    for opt in sorted(optima, key=lambda o: o[1]):
-        if clusters and opt[1] - clusters[-1][0][1] < 0.4:
-            clusters[-1].append(opt)
-        else:
-            clusters.append([opt])
-    for cluster in clusters:
-        x0 = min(o[1] for o in cluster)
-        y0 = min(o[2] for o in cluster)
-        right = x0 < 0.5
-        for k, (series, x, y) in enumerate(sorted(cluster, key=lambda o: o[2])):
-            place = offset_copy(ax.transData, fig=ax.figure, x=5 if right else -5, y=-5 - 7.5 * k, units="points")
-            ax.annotate(f"{y:.2f}× at {x:.2f}", (x, y), xytext=(x0, y0), textcoords=place,
-                        ha="left" if right else "right", va="top", fontsize=6, zorder=4,
-                        color=series_edge_colour(series), gid=f"optimum-label:{series}",
-                        bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none",
-                              "alpha": 0.85})
+    """Say 'latency× at 1 − r' of each optimum in a small key inside the panel, where the data leaves
+    most room (matplotlib's `loc="best"`): one line per policy, never printed over another label."""
+    if not optima:
+        return
+    handles = [Line2D([], [], linestyle="none", marker="*", markersize=7, color=series_colour(series),
+                      markeredgecolor="black", markeredgewidth=0.5, gid=f"optimum-label:{series}")
+               for series, _, _ in optima]
+    texts = [f"{y:.2f}× at {x:.2f}" for _, x, y in optima]
+    key = ax.legend(handles, texts, loc="best", fontsize=5.5, handlelength=1.0, handletextpad=0.3,
+                    borderpad=0.3, labelspacing=0.2, framealpha=0.85, edgecolor="0.8", title="optimum",
+                    title_fontsize=5.5)
+    key.set_gid("optima")
+    for text, (series, _, _) in zip(key.get_texts(), optima, strict=True):
+        text.set_color(series_edge_colour(series))
+        text.set_gid(f"optimum-label:{series}")
 
 
 def latency_vs_recompute_ratio(df: pd.DataFrame) -> Drawn:
@@ -227,7 +255,8 @@ def latency_vs_recompute_ratio(df: pd.DataFrame) -> Drawn:
     `baseline_per_point`), or, where neither ran, each policy's own r = 1 point; the
     y-axis label says which.
     """
-    ok = ok_rows(df, ["kv_ratio", "token_latency_s"])
+    every = ok_rows(df, ["token_latency_s"])  # the baselines too, which read no kv_ratio
+    ok = ok_rows(every, ["kv_ratio"])
     wl = workload_columns(ok)
     swept = ok.groupby([*wl, "series"], dropna=False)["kv_ratio"].transform("nunique") >= 2
     ratio = ok[swept]
@@ -238,7 +267,7 @@ def latency_vs_recompute_ratio(df: pd.DataFrame) -> Drawn:
     site_cols = ["scenario", "model", "hardware"] if multi_scenario else ["model", "hardware"]
     sites = list(ratio.groupby(site_cols, sort=False).groups)
     sites = _panels(sites, notes, "(model, hardware) pairs with a kv_ratio sweep")
-    base = baseline_per_point(ok, "token_latency_s", lower_is_better=True)
+    base = baseline_per_point(every, "token_latency_s", lower_is_better=True)
     panels = []
     for site in sites:
         grp = ratio[(ratio[site_cols] == pd.Series(dict(zip(site_cols, site, strict=True)))).all(axis=1)]
@@ -273,18 +302,17 @@ def latency_vs_recompute_ratio(df: pd.DataFrame) -> Drawn:
                     markeredgewidth=0.6, linestyle="none", zorder=3, label="_optimum", gid=f"optimum:{series}")
             if y[i] < 1.0 - 1e-6:  # recomputation pays off: say by how much, and where
                 optima.append((series, float(x[i]), float(y[i])))
-        _label_optima(ax, optima)
-        annotated = optima
         ax.set_xlim(-0.05, 1.05)
         lo, hi = ax.get_ylim()
-        ax.set_ylim(min(lo, 0.9) - (0.1 + 0.06 * max(len(annotated) - 1, 0)) * (hi - lo), hi)
+        ax.set_ylim(min(lo, 0.9) - 0.05 * (hi - lo), hi + 0.08 * len(optima) * (hi - lo))  # room for the key
+        _label_optima(ax, optima)
         title = f"{point['model']} · {point['hardware']}"
         if multi_scenario:
             title = f"{point['scenario']}\n{title}"
         ax.set_title(f"{title}\nbatch {point.get('batch', '?')}, prompt {point.get('prompt_len', '?')}")
         ax.set_xlabel("recomputation ratio 1 − r")
-        ylabels.append(f"token latency (× {baseline_name(ref[0])})" if ref is not None
-                       else "token latency (× own r = 1)")
+        ylabels.append(f"token latency\n(× {baseline_name(ref[0])})" if ref is not None
+                       else "token latency\n(× own r = 1)")
     one_label = len(set(ylabels)) == 1
     for ax, label in zip(axes, ylabels, strict=False):
         ax.set_ylabel(label if not one_label or ax.get_subplotspec().is_first_col() else "")
@@ -307,9 +335,17 @@ def _bar_layout(n_series: int) -> tuple[float, np.ndarray]:
     return width, (np.arange(n_series) - (n_series - 1) / 2) * width
 
 
+BASELINE_HATCH = "/////"
+
+
 def _draw_grouped(ax: plt.Axes, rows: pd.DataFrame, value: str, scale: float = 1.0,
-                  text=None, text_inside: bool = False) -> list[str]:
-    """Grouped bars: one group per workload point (rows' `_group`), one bar per series."""
+                  text=None, text_inside: bool = False, mark_baseline: bool = False,
+                  dots: bool = False) -> list[str]:
+    """Grouped bars: one group per workload point (rows' `_group`), one bar per series.
+
+    `mark_baseline` hatches the bar of each group's baseline series; `dots` draws a marker at
+    each value instead of a bar (for a log axis, where a bar's length means nothing).
+    """
     groups = list(dict.fromkeys(rows["_group"]))
     series_all = _ordered(rows["series"])
     width, offsets = _bar_layout(len(series_all))
@@ -317,8 +353,18 @@ def _draw_grouped(ax: plt.Axes, rows: pd.DataFrame, value: str, scale: float = 1
         s = rows[rows["series"] == series].set_index("_group")
         xs = [i + off for i, g in enumerate(groups) if g in s.index]
         hs = [float(s.loc[g, value]) * scale for g in groups if g in s.index]
+        if dots:
+            ax.plot(xs, hs, linestyle="none", marker=series_marker(series), markersize=5,
+                    color=series_colour(series), markeredgecolor=series_edge_colour(series), markeredgewidth=0.6,
+                    label=rows.attrs["labels"][series])
+            continue
         bars = ax.bar(xs, hs, width=width * 0.92, color=series_colour(series), label=rows.attrs["labels"][series],
                       edgecolor="white", linewidth=0.3)
+        if mark_baseline and "baseline" in s.columns:
+            for bar, g in zip(bars, [g for g in groups if g in s.index], strict=True):
+                if s.loc[g, "baseline"] == series:
+                    bar.set_hatch(BASELINE_HATCH)
+                    bar.set_edgecolor(series_edge_colour(series))
         if text is not None:
             labels = [text(s.loc[g]) for g in groups if g in s.index]
             if text_inside:
@@ -352,11 +398,9 @@ def _per_policy_rows(df: pd.DataFrame, needs: list[str]) -> tuple[pd.DataFrame, 
     return rows, notes
 
 
-def _fmt_speedup(row: pd.Series, with_baseline: bool = False) -> str:
+def _fmt_speedup(row: pd.Series) -> str:
     v = row["speedup"]
-    if not np.isfinite(v):
-        return ""
-    return f"{v:.2f}× {baseline_name(row['baseline'])}" if with_baseline else f"{v:.2f}×"
+    return f"{v:.2f}×" if np.isfinite(v) else ""
 
 
 def throughput_bars(df: pd.DataFrame) -> Drawn:
@@ -372,18 +416,20 @@ def throughput_bars(df: pd.DataFrame) -> Drawn:
     fig, axes = new_figure(ncols, nrows, width_in=width, panel_height_in=2.0)
     for ax, (title, sub) in zip(axes, panels, strict=False):
         bases = list(dict.fromkeys(sub["baseline"].dropna()))
-        mixed = len(bases) > 1
-        _draw_grouped(ax, sub, "throughput_tok_s", text=lambda r, m=mixed: _fmt_speedup(r, m))
-        ax.set_ylim(0, ax.get_ylim()[1] * (1.45 if mixed else 1.22))  # room for the speed-up labels
-        ax.set_title(title)
-        over = f"\nlabels: speed-up × {baseline_name(bases[0])}" if len(bases) == 1 else ""
-        ax.set_ylabel("throughput (tokens/s)" + over)
+        _draw_grouped(ax, sub, "throughput_tok_s", text=_fmt_speedup, mark_baseline=True)
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.25)  # room for the speed-up labels
+        over = (f"speed-up over {baseline_name(bases[0])}" if len(bases) == 1
+                else "speed-up over the hatched bar" if bases else "")
+        ax.set_title(title + (f"\n{over}" if over else ""))
+        ax.set_ylabel("throughput (tokens/s)")
     hide_unused(axes, len(panels))
+    extra = [(Patch(facecolor="white", edgecolor="0.3", hatch=BASELINE_HATCH), "baseline of the speed-ups")] \
+        if rows["baseline"].notna().any() else []
     if rows["speedup"].isna().all():
         notes.append("neither KV-only nor FlexGen ran at these points: no speed-ups written")
     elif rows["speedup"].isna().any():
         notes.append("no speed-up on panels where neither KV-only nor FlexGen ran")
-    _figure_legend(fig, axes)
+    _figure_legend(fig, axes, extra=extra)
     return Drawn(fig, notes, fields={"baseline": _baseline_words(rows["baseline"].dropna())})
 
 
@@ -411,14 +457,17 @@ def _scenario_panels(rows: pd.DataFrame, notes: list[str]) -> list[tuple[str, pd
     return out
 
 
-def _traffic_axis(ax: plt.Axes, rows: pd.DataFrame, long: bool = True) -> bool:
-    """Host<->GPU bytes as grouped bars in the unit that suits them; log scale when they span decades."""
-    unit, scale = byte_unit(rows["link_bytes"].max())
-    _draw_grouped(ax, rows, "link_bytes", scale=scale)
+def _traffic_axis(ax: plt.Axes, rows: pd.DataFrame, long: bool = True, unit: tuple[str, float] | None = None
+                  ) -> bool:
+    """Host<->GPU bytes per series in `unit` (default: the one that suits them): bars on a linear axis;
+    when they span more than 20x, markers on a log axis (a bar's length means nothing on a log scale)."""
+    unit, scale = unit or byte_unit(rows["link_bytes"].max())
     positive = rows.loc[rows["link_bytes"] > 0, "link_bytes"]
     log = bool(len(positive) and positive.max() > 20 * positive.min())  # orders of magnitude apart
+    _draw_grouped(ax, rows, "link_bytes", scale=scale, dots=log)
     if log:
         ax.set_yscale("log")
+        ax.grid(axis="x", visible=True, which="major", linewidth=0.3)
         ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
@@ -437,10 +486,10 @@ def _busy_axis(ax: plt.Axes, rows: pd.DataFrame, long: bool = True) -> None:
 
 def _scale_words(logs: list[bool]) -> str:
     if all(logs):
-        return "log scale"
+        return "markers on a log scale"
     if not any(logs):
         return "linear scale"
-    return "log scale where a panel's traffic spans more than 20×, else linear"
+    return "markers on a log scale where a panel's traffic spans more than 20×, else bars on a linear scale"
 
 
 def utilisation_traffic(df: pd.DataFrame) -> Drawn:
@@ -450,7 +499,8 @@ def utilisation_traffic(df: pd.DataFrame) -> Drawn:
     `fields["traffic_scale"]` says which scale the traffic panels took, for the caption.
     """
     rows, notes = _per_policy_rows(df, ["gpu_busy", "h2d_bytes", "d2h_bytes"])
-    rows["link_bytes"] = rows["h2d_bytes"] + rows["d2h_bytes"]
+    rows["link_bytes"] = (rows["h2d_bytes"] + rows["d2h_bytes"]).astype(float)
+    unit = byte_unit(rows["link_bytes"].max())  # one unit on every panel
     panels = _scenario_panels(rows, notes)
     if len(panels) == 1:
         n_groups = rows["_group"].nunique()
@@ -458,7 +508,7 @@ def utilisation_traffic(df: pd.DataFrame) -> Drawn:
                                sharex=True)
         _busy_axis(axes[0], panels[0][1])
         axes[0].set_title(panels[0][0].replace("\n", " · "))
-        logs = [_traffic_axis(axes[1], panels[0][1])]
+        logs = [_traffic_axis(axes[1], panels[0][1], unit=unit)]
         _figure_legend(fig, axes)
         return Drawn(fig, notes, fields={"traffic_scale": _scale_words(logs)})
     ncols, nrows = _panel_grid(len(panels), PAGE_IN)
@@ -470,7 +520,7 @@ def utilisation_traffic(df: pd.DataFrame) -> Drawn:
         bottom.sharex(top)
         _busy_axis(top, sub, long=False)
         top.set_title(title)
-        logs.append(_traffic_axis(bottom, sub, long=False))
+        logs.append(_traffic_axis(bottom, sub, long=False, unit=unit))
     for i in range(len(panels), nrows * ncols):
         row, col = divmod(i, ncols)
         axes[2 * row * ncols + col].set_visible(False)

@@ -36,8 +36,8 @@ FIGURES = [
               "each policy's optimum, labelled where it beats the reference (cf. HybridServe Fig. 4).",
               figures.latency_vs_recompute_ratio),
     FigureDef("throughput_bars", "Throughput per model and policy (best configuration each); the number on a "
-              "bar is its speed-up over the best configuration of {baseline} at that point (either attention "
-              "placement), named in the axis label.", figures.throughput_bars),
+              "bar is its speed-up over the best configuration of {baseline} at that point (the better attention "
+              "placement; its bar is hatched), named in each panel's title.", figures.throughput_bars),
     FigureDef("utilisation_traffic", "GPU busy fraction (top) and host↔GPU bytes moved, H2D + D2H (bottom, "
               "{traffic_scale}), per policy at its best configuration.", figures.utilisation_traffic),
     FigureDef("bound_distance", "Throughput as a fraction of the busiest-resource bound (the time the busiest "
@@ -62,16 +62,19 @@ class Report:
 
 
 def build_report(results: pd.DataFrame | str | Path, out_dir: str | Path,
-                 only: list[str] | None = None) -> Report:
-    """Write every figure and table that the results support; `only` limits the figures by name."""
+                 only: list[str] | None = None, progress: Callable[[str], None] | None = None) -> Report:
+    """Write every figure and table that the results support; `only` limits the figures by name;
+    `progress` is told what is drawn next ("figure 3 of 7: throughput_bars")."""
     df = load_results(results)
     out = Path(out_dir)
     rep = Report()
     runs_or_reason: tuple[list, list[str]] | str | None = None
     run_left_out: list[str] = []
-    for fd in FIGURES:
-        if only is not None and fd.name not in only:
-            continue
+    chosen = [fd for fd in FIGURES if only is None or fd.name in only]
+    for i, fd in enumerate(chosen, 1):
+        if progress is not None:
+            progress(f"figure {i} of {len(chosen)}: {fd.name}"
+                     + (" (re-simulates the timelines it draws)" if fd.needs_runs and runs_or_reason is None else ""))
         try:
             if fd.needs_runs:
                 if runs_or_reason is None:
@@ -97,6 +100,8 @@ def build_report(results: pd.DataFrame | str | Path, out_dir: str | Path,
         rep.captions[fd.name] = caption + "".join(f" Note: {n}." for n in drawn.notes)
         if drawn.left_out:
             rep.left_out[fd.name] = drawn.left_out
+    if progress is not None:
+        progress(f"{len(TABLES)} tables")
     for name, (build, _) in TABLES.items():
         try:
             rep.paths += write_table(build(df), out / "tables", name)

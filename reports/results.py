@@ -99,10 +99,12 @@ def series_of(df: pd.DataFrame) -> pd.Series:
     key = key.where(~_flag(df, "cpu_attention", False), key + " cpu-attn")
     key = key.where(~((kind == "flexgen") & _flag(df, "cache_pinned", False)), key + " pinned-kv")
     key = key.where(~((kind == "hybridserve") & (_text(df, "mini_batching") == "naive")), key + " naive")
-    fixed = df["split_tokens"].notna() if "split_tokens" in df.columns else pd.Series(False, index=df.index)
+    # a fixed l is rule `fixed`; the closed form records the l it chose beside its own rule
+    rule = _text(df, "split_rule")
+    fixed = rule == "fixed"
     is_kvpr = kind == "kvpr"
     key = key.where(~(is_kvpr & fixed), key + " fixed-l")
-    key = key.where(~(is_kvpr & ~fixed & (_text(df, "split_rule") == "per-step")), key + " per-step")
+    key = key.where(~(is_kvpr & (rule == "per-step")), key + " per-step")
     barrier_kinds = kind.isin(["hybridserve", "kvpr"])
     return key.where(~(barrier_kinds & ~_flag(df, "step_barrier", True)), key + " no-barrier")
 
@@ -131,17 +133,26 @@ def baseline_per_point(ok: pd.DataFrame, value: str = "throughput_tok_s", lower_
                        ) -> pd.DataFrame:
     """The baseline at each workload point: KV-only if it ran there, else FlexGen.
 
-    Either attention placement counts, the better one is used. Indexed by the workload
-    columns; columns `baseline` (the baseline's series key, `kv-only` or `flexgen`) and
-    `baseline_value` (its best `value`). Points with neither policy are absent.
+    Either attention placement counts, the better one is used, and named: indexed by the
+    workload columns; columns `baseline` (the exact series key of the better placement,
+    e.g. `kv-only` or `kv-only cpu-attn`) and `baseline_value` (its best `value`). Points
+    with neither policy are absent.
     """
     wl = workload_columns(ok)
     series = ok["series"] if "series" in ok.columns else series_of(ok)
     found = []
-    for key, members in BASELINES.items():
-        rows = ok[series.isin(members)]
-        agg = rows.groupby(wl, dropna=False)[value].agg("min" if lower_is_better else "max")
-        found.append(pd.DataFrame({"baseline": key, "baseline_value": agg}))
+    for members in BASELINES.values():
+        rows = ok[series.isin(members)].assign(_series=series).dropna(subset=[value])
+        if rows.empty:
+            continue
+        pick = rows.groupby(wl, dropna=False)[value].idxmin() if lower_is_better else \
+            rows.groupby(wl, dropna=False)[value].idxmax()
+        best = rows.loc[pick.to_numpy()]
+        found.append(pd.DataFrame({"baseline": best["_series"].to_numpy(),
+                                   "baseline_value": best[value].to_numpy()}, index=pick.index))
+    if not found:
+        return pd.DataFrame({"baseline": pd.Series(dtype=object), "baseline_value": pd.Series(dtype=float)},
+                            index=pd.MultiIndex.from_tuples([], names=wl) if len(wl) > 1 else None)
     both = pd.concat(found)
     both = both[np.isfinite(both["baseline_value"].astype(float))]
     return both[~both.index.duplicated(keep="first")]

@@ -55,16 +55,14 @@ def _binned(it: pd.DataFrame, column: str, bin_s: float) -> pd.DataFrame:
 def remapping_figure(results: pd.DataFrame, iterations: pd.DataFrame, out_dir: Path,
                      name: str = "remapping_over_time", bin_s: float = 1.0) -> Path:
     """Write NAME.png to `out_dir` and return its path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
-    palette = sns.color_palette("colorblind", 10)
+    from .style import PAGE_IN, PALETTE, new_figure  # the one look of every hssim figure
+
+    palette = PALETTE
     picks = pick_points(results)
-    sns.set_theme(style="whitegrid", context="paper", font_scale=0.9)
-    fig, axes = plt.subplots(len(picks), 1, figsize=(7.2, 2.0 * len(picks) + 0.5), squeeze=False)
+    fig, flat = new_figure(1, len(picks), width_in=PAGE_IN, panel_height_in=1.8)
+    axes = np.array(flat).reshape(len(picks), 1)
     for ax, (model, hw, rate) in zip(axes[:, 0], picks, strict=True):
         sel = iterations[(iterations["model"] == model) & (iterations["hardware"] == hw)
                          & np.isclose(iterations["rate_rps"], rate)]
@@ -92,7 +90,7 @@ def remapping_figure(results: pd.DataFrame, iterations: pd.DataFrame, out_dir: P
         bound_max = int(sel.loc[sel["policy_label"] == "oneiros", "bound_layers"].max()) \
             if (sel["policy_label"] == "oneiros").any() else 0
         ax.set_title(f"{model} on {hw} ({row['link']}), {rate:g} req/s: a layer loads in {h2d_ms:.2f} ms, "
-                     f"bound <= {bound_max} of {row['layers']}", fontsize=8.5, loc="left")
+                     f"bound <= {bound_max} of {row['layers']}", loc="left")
     axes[-1, 0].set_xlabel(f"time (s); lines: mean per {bin_s:g} s bin, shaded: min to max in the bin")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     for ax in axes[1:, 0]:
@@ -100,11 +98,10 @@ def remapping_figure(results: pd.DataFrame, iterations: pd.DataFrame, out_dir: P
             if lbl not in labels:
                 handles.append(h)
                 labels.append(lbl)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.legend(handles, labels, loc="lower center", ncols=len(labels), fontsize=8, frameon=False)
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), frameon=False)
     out_dir.mkdir(parents=True, exist_ok=True)
     png = out_dir / f"{name}.png"
-    fig.savefig(png, dpi=150)
+    fig.savefig(png, dpi=200)
     plt.close(fig)
     return png
 

@@ -31,13 +31,11 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     out["throughput_tok_s"] = best["throughput_tok_s"]
     out["speedup"] = best["speedup"]
     out["speedup_over"] = best["baseline"].map(lambda k: baseline_name(k) if isinstance(k, str) else "")
-    optional = {"token_latency_s": ("token_latency_ms", 1e3), "gpu_busy": ("gpu_busy_pct", 100.0),
-                "h2d_bytes": ("h2d_GB", 1e-9), "d2h_bytes": ("d2h_GB", 1e-9)}
-    for col, (name, scale) in optional.items():
+    for col in ("token_latency_s", "gpu_busy", "h2d_bytes", "d2h_bytes"):  # the results' own units
         if col in best:
-            out[name] = best[col] * scale
+            out[col] = best[col]
     if "bound_tok_s" in best:
-        out["bound_fraction_pct"] = 100.0 * best["throughput_tok_s"] / best["bound_tok_s"]
+        out["bound_fraction"] = best["throughput_tok_s"] / best["bound_tok_s"]
     out["binding_resource"] = _binding(best)
     out["_order"] = best["series"].map(series_sort_key)
     out = out.sort_values([*wl, "throughput_tok_s"], ascending=[True] * len(wl) + [False], kind="stable")
@@ -49,18 +47,19 @@ def ratio_table(df: pd.DataFrame) -> pd.DataFrame:
 
     The baseline is KV-only, else FlexGen (`results.baseline_per_point`), named in `relative_to`.
     """
-    ok = ok_rows(df, ["kv_ratio", "token_latency_s"])
+    every = ok_rows(df, ["token_latency_s"])  # the baselines too, which read no kv_ratio
+    ok = ok_rows(every, ["kv_ratio"])
     wl = workload_columns(ok)
     swept = ok[ok.groupby([*wl, "series"], dropna=False)["kv_ratio"].transform("nunique") >= 2]
     if swept.empty:
         raise Skip("no kv_ratio sweep")
-    base = baseline_per_point(ok, "token_latency_s", lower_is_better=True)
+    base = baseline_per_point(every, "token_latency_s", lower_is_better=True)
     rows = swept.join(base.rename(columns={"baseline_value": "_base"}), on=wl)
     out = rows[wl].copy()
     out["policy"] = rows["series"].map(series_name)
     out["kv_ratio"] = rows["kv_ratio"]
     out["recompute_ratio"] = 1.0 - rows["kv_ratio"]
-    out["token_latency_ms"] = rows["token_latency_s"] * 1e3
+    out["token_latency_s"] = rows["token_latency_s"]
     out["latency_vs_baseline"] = rows["token_latency_s"] / rows["_base"]
     out["relative_to"] = rows["baseline"].map(lambda k: baseline_name(k) if isinstance(k, str) else "")
     out["throughput_tok_s"] = rows["throughput_tok_s"]
@@ -88,8 +87,32 @@ def _cell(v) -> str:
     return str(v).replace("|", "\\|").replace("\n", " ")
 
 
+#: columns that hold a fraction of 1 (the Markdown shows them in %)
+FRACTION_COLUMNS = ("gpu_busy", "h2d_busy", "d2h_busy", "cpu_busy", "bound_fraction")
+
+
+def readable(df: pd.DataFrame) -> pd.DataFrame:
+    """The units a reader wants: seconds below 1 s as ms, fractions as %, bytes as GB; each header says
+    which. The CSV keeps the results' own units (s, fractions, bytes)."""
+    out = df.copy()
+    for col in df.columns:
+        if col.endswith("_bytes") and pd.api.types.is_numeric_dtype(df[col]):
+            out = out.rename(columns={col: col.removesuffix("_bytes") + " (GB)"})
+            out[col.removesuffix("_bytes") + " (GB)"] = df[col].astype(float) * 1e-9
+        elif col in FRACTION_COLUMNS:
+            out = out.rename(columns={col: col + " (%)"})
+            out[col + " (%)"] = df[col].astype(float) * 100.0
+        elif col.endswith("_s") and not col.endswith("_tok_s") and pd.api.types.is_numeric_dtype(df[col]) \
+                and len(df) and float(df[col].abs().max()) < 1.0:
+            out = out.rename(columns={col: col.removesuffix("_s") + " (ms)"})
+            out[col.removesuffix("_s") + " (ms)"] = df[col].astype(float) * 1e3
+    return out
+
+
 def to_markdown(df: pd.DataFrame) -> str:
-    """A GitHub Markdown table; numbers rounded for reading (the CSV keeps full precision)."""
+    """A GitHub Markdown table in readable units (`readable`), numbers rounded for reading (the CSV keeps
+    full precision and the results' units)."""
+    df = readable(df)
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |",
              "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(df[c]) else "---" for c in cols) + "|"]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, Rectangle
 
 from ..sim.schedule import OpKind, Stream
 from .results import Skip, best_per_series, duplicate_series, ok_rows, workload_columns
@@ -147,6 +147,52 @@ def _draw_ops(ax, t: pd.DataFrame, t0_s: float, streams: list[str], kinds: list[
     ax.grid(axis="y", visible=False)
 
 
+#: above this many ops in a step, the whole-step panel shows busy shares per time slice, not single ops
+BIN_ABOVE_OPS = 300
+#: time slices of a binned whole-step panel
+GANTT_BINS = 240
+
+
+def busy_shares(t: pd.DataFrame, t0_s: float, span_ms: float, bins: int = GANTT_BINS) -> dict[str, np.ndarray]:
+    """Per op kind: the share of each of `bins` equal time slices of [0, span_ms] that its ops cover."""
+    width = span_ms / bins
+    out: dict[str, np.ndarray] = {}
+    for kind, ops in t.groupby("kind", sort=False):
+        busy = np.zeros(bins)
+        for s, e in zip((ops["start_s"] - t0_s) * 1e3, (ops["end_s"] - t0_s) * 1e3, strict=True):
+            b0, b1 = min(int(s // width), bins - 1), min(int(e // width), bins - 1)
+            if b0 == b1:
+                busy[b0] += e - s
+                continue
+            busy[b0] += (b0 + 1) * width - s
+            busy[b0 + 1:b1] += width
+            busy[b1] += e - b1 * width
+        out[kind] = np.clip(busy / width, 0.0, 1.0)
+    return out
+
+
+def _draw_binned(ax, t: pd.DataFrame, t0_s: float, streams: list[str], kinds: list[str], colours,
+                 span_ms: float) -> None:
+    """Each stream's row as stacked bars per time slice: height = the share of the slice each kind keeps
+    the stream busy (a full-height bar: busy throughout), so thousands of ops read as a load profile."""
+    width = span_ms / GANTT_BINS
+    x = (np.arange(GANTT_BINS) + 0.5) * width
+    for row, stream in enumerate(streams):
+        shares = busy_shares(t[t["stream"] == stream], t0_s, span_ms)
+        top = np.zeros(GANTT_BINS)
+        for kind in kinds:
+            if kind not in shares:
+                continue
+            h = shares[kind] * 0.76
+            # rows run downwards (the y-axis is inverted): stack each kind above the previous ones
+            ax.bar(x, h, width=width, bottom=row + 0.38 - top - h, color=colours[kind], linewidth=0,
+                   label=kind, gid=f"binned:{stream}:{kind}")
+            top += h
+    ax.set_yticks(range(len(streams)), streams)
+    ax.set_ylim(len(streams) - 0.5, -0.5)
+    ax.grid(axis="y", visible=False)
+
+
 LEGEND_KINDS_PER_COLUMN = 4
 
 
@@ -198,13 +244,14 @@ def gantt_decode_step(runs: list[TimelineRun]) -> Drawn:
                   for _, t in steps]
     # each panel as tall as its rows need (a stream row stays taller than its tick label), plus its title
     heights = [ROW_IN * len(s) + TITLE_IN for s in streams_of]
-    grid = {"height_ratios": heights} | ({"width_ratios": [2.2, 1]} if zoom else {})
+    grid = {"height_ratios": heights} | ({"width_ratios": [1.5, 1]} if zoom else {})
     # the figure also holds the suptitle, the time axis and the legend (a header and up to four kinds)
     legend_rows = 1 + min(LEGEND_KINDS_PER_COLUMN, max(sum(kind_family(k) == f for k in kinds) for f in KIND_FAMILIES))
     total = sum(heights) + 0.2 + 0.4 + 0.14 * legend_rows
     fig, axes = new_figure(ncols, len(steps), width_in=PAGE_IN, panel_height_in=total / len(heights),
                            gridspec_kw=grid)
     longest_ms = max((t["end_s"].max() - t["start_s"].min()) * 1e3 for _, t in steps)
+    binned = False
     for i, (r, t) in enumerate(steps):
         t0 = t["start_s"].min()
         streams = streams_of[i]
@@ -212,7 +259,11 @@ def gantt_decode_step(runs: list[TimelineRun]) -> Drawn:
         ax.set_gid(f"step:{r.series}")
         if i:
             ax.sharex(axes[0])
-        _draw_ops(ax, t, t0, streams, kinds, colours, edges=not zoom, min_width_ms=longest_ms * 1e-3)
+        if len(t) > BIN_ABOVE_OPS:
+            _draw_binned(ax, t, t0, streams, kinds, colours, span_ms=(t["end_s"].max() - t0) * 1e3)
+            binned = True
+        else:
+            _draw_ops(ax, t, t0, streams, kinds, colours, edges=not zoom, min_width_ms=longest_ms * 1e-3)
         ax.set_title(f"{config_title(r)}: decode step {step} takes {_fmt_duration(t['end_s'].max() - t0)}",
                      loc="left")
         if zoom:
@@ -225,7 +276,12 @@ def gantt_decode_step(runs: list[TimelineRun]) -> Drawn:
             zax.set_xlim(lo, hi)
             zax.tick_params(labelleft=False)
             zax.set_title(f"layers 0–{ZOOM_LAYERS - 1}, zoomed", loc="left")
-            ax.axvspan(lo, hi, color="0.5", alpha=0.15, linewidth=0, zorder=0)
+            # the zoomed window, outlined on the whole step so that the eye finds it
+            ax.add_patch(Rectangle((lo, -0.5), hi - lo, len(streams), fill=False, edgecolor="0.1", linewidth=1.0,
+                                   zorder=5, clip_on=False, gid="zoom-window"))
+            ax.annotate("zoomed →", (hi, -0.5), xytext=(2, -1), textcoords="offset points", ha="left",
+                        va="top", fontsize=6, color="0.1", annotation_clip=False,
+                        bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
     for ax in axes[:-ncols]:
         ax.tick_params(labelbottom=False)
     for ax in axes[-ncols:]:
@@ -236,7 +292,12 @@ def gantt_decode_step(runs: list[TimelineRun]) -> Drawn:
     for text in leg.get_texts():
         if text.get_text() in KIND_FAMILIES:
             text.set_fontweight("bold")
-    return Drawn(fig, [f"decode step {step} of {runs[0].run.point.workload.gen_len - 1}"])
+    notes = [f"decode step {step} of {runs[0].run.point.workload.gen_len - 1}"]
+    if binned:
+        notes.append(f"the whole-step panels cut the step into {GANTT_BINS} time slices; a bar's height is the "
+                     "share of its slice each op kind keeps the stream busy (full height: busy throughout); "
+                     "the zoomed panels show single ops")
+    return Drawn(fig, notes)
 
 
 # ------------------------------------------------------------------------------ memory occupancy

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from .. import __version__
 from .costs import CostModel, RooflineCostModel
@@ -14,7 +17,7 @@ from .engine import SimResult, simulate
 from .metrics import run_metrics
 from .policies import build_schedule
 from .schedule import Schedule
-from .specs import PointSpec
+from .specs import POLICY_PARAMS, PointSpec, PolicyKind
 
 #: the columns that identify a point in a results table, in order
 POINT_COLUMNS = [
@@ -96,9 +99,34 @@ def scaled_point(point: PointSpec, layers: int | None) -> PointSpec:
                      workload=point.workload, policy=point.policy)
 
 
+#: policy fields only some kinds read: a row of a kind that does not read one holds null there
+POLICY_FIELD_COLUMNS = ("kv_ratio", "cpu_attention", "cache_pinned", "block_tokens", "mini_batching",
+                        "split_tokens", "split_rule", "step_barrier")
+#: integer columns (counts and bytes), nullable where a point did not run
+INT_COLUMNS = ("batch", "prompt_len", "gen_len", "gpu_batch_size", "num_gpu_batches", "block_tokens", "split_tokens",
+               "h2d_bytes", "d2h_bytes", "peak_gpu_bytes", "peak_host_bytes", "planned_gpu_bytes",
+               "planned_host_bytes", "ops")
+BOOL_COLUMNS = ("cpu_attention", "pinned", "cache_pinned", "step_barrier")
+
+
+def kvpr_split(point: PointSpec) -> tuple[int | None, str]:
+    """KVPR's split as a results row records it: (`l`, rule). A fixed `l` is rule `fixed`; the
+    closed form's `l` is the one it chose for this point; the per-step rule has no single `l`."""
+    from .policies.kvpr import closed_form_split_for
+
+    pol = point.policy
+    if pol.split_tokens is not None:
+        return pol.split_tokens, "fixed"
+    if pol.split_rule.value == "closed-form":
+        return closed_form_split_for(point.model, point.hardware, point.workload.prompt_len), "closed-form"
+    return None, pol.split_rule.value
+
+
 def point_columns(point: PointSpec) -> dict[str, Any]:
+    """The columns that identify a point; null for the policy fields its kind does not read
+    (`POLICY_PARAMS`), and for KVPR the split it ran with (`kvpr_split`)."""
     pol, wl = point.policy, point.workload
-    return {
+    row = {
         "scenario": point.scenario,
         "model": point.model.name,
         "hardware": point.hardware.name,
@@ -121,6 +149,13 @@ def point_columns(point: PointSpec) -> dict[str, Any]:
         "split_rule": pol.split_rule.value,
         "step_barrier": pol.step_barrier,
     }
+    reads = POLICY_PARAMS[pol.kind]
+    for name in POLICY_FIELD_COLUMNS:
+        if name not in reads:
+            row[name] = None
+    if pol.kind is PolicyKind.kvpr:
+        row["split_tokens"], row["split_rule"] = kvpr_split(point)
+    return row
 
 
 def result_row(point: PointSpec, metrics: dict[str, float] | None, error: str | None = None,
@@ -131,8 +166,45 @@ def result_row(point: PointSpec, metrics: dict[str, float] | None, error: str | 
     """
     row = point_columns(point)
     row["status"] = status or ("ok" if error is None else "failed")
-    row["error"] = error or ""
+    row["error"] = error or None
     row.update(metrics or {})
     row["point_key"] = point_key(point)
     row["point_json"] = point.model_dump_json()
     return row
+
+
+def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Results rows as a typed table: nullable integers for counts and bytes, nullable booleans,
+    null (not '') for a missing error."""
+    df = pd.DataFrame(rows)
+    for col in INT_COLUMNS:
+        if col in df.columns:
+            df[col] = pd.array([None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
+                                for v in df[col]], dtype="Int64")
+    for col in BOOL_COLUMNS:
+        if col in df.columns:
+            df[col] = pd.array([None if v is None or (isinstance(v, float) and math.isnan(v)) else bool(v)
+                                for v in df[col]], dtype="boolean")
+    if "error" in df.columns:
+        df["error"] = df["error"].map(lambda v: None if v is None or v == "" or (isinstance(v, float) and
+                                                                                 math.isnan(v)) else v)
+    return df
+
+
+@functools.cache
+def provenance() -> dict[str, str]:
+    """The hssim version and, where the package sits in a git checkout, its commit (`+dirty`
+    when the work tree has changes): what a results file records of the code that made it."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    out = {"hssim_version": __version__, "hssim_commit": "unknown"}
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        out["hssim_commit"] = commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out

@@ -25,8 +25,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..errors import ClusterUnreachable
-from .api import POINT_COLUMNS, point_key, result_row, run_point
+from ..errors import ClusterUnreachable, require_distributed
+from .api import POINT_COLUMNS, point_key, provenance, result_row, results_frame, run_point
 from .memory import MemoryPlanError
 from .specs import PointSpec
 
@@ -148,6 +148,7 @@ def _run_local(points: Sequence[PointSpec], jobs: int, emit: Callable[[dict], No
 
 
 def _run_dask(points: Sequence[PointSpec], address: str, emit: Callable[[dict], None]) -> None:
+    require_distributed("--cluster")
     from distributed import Client
     from distributed import as_completed as dask_completed
     from distributed.client import FutureCancelledError
@@ -203,7 +204,7 @@ def run_sweep(
         else:
             _run_local(todo, jobs or os.cpu_count() or 1, emit)
     rows = [done[k] for k in unique if k in done]
-    return pd.DataFrame(rows)
+    return results_frame(rows)
 
 
 def run_points(points: Sequence[PointSpec], jobs: int | None = 1) -> pd.DataFrame:
@@ -211,11 +212,12 @@ def run_points(points: Sequence[PointSpec], jobs: int | None = 1) -> pd.DataFram
     rows: list[dict] = []
     _run_local(points, jobs or 1, rows.append)
     order = {point_key(p): i for i, p in enumerate(points)}
-    return pd.DataFrame(sorted(rows, key=lambda r: order[r["point_key"]]))
+    return results_frame(sorted(rows, key=lambda r: order[r["point_key"]]))
 
 
-def write_atomic(df: pd.DataFrame, path: Path) -> None:
-    """Write parquet or CSV to a temporary file and rename it into place."""
+def write_atomic(df: pd.DataFrame, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write parquet or CSV to a temporary file and rename it into place; `metadata` goes into
+    a parquet file's key-value metadata."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -224,7 +226,14 @@ def write_atomic(df: pd.DataFrame, path: Path) -> None:
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; results are for sharing
     try:
         if path.suffix == ".parquet":
-            df.to_parquet(tmp, index=False)
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            if metadata:
+                table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                                       **{k.encode(): str(v).encode() for k, v in metadata.items()}})
+            pq.write_table(table, tmp)
         else:
             df.to_csv(tmp, index=False)
         os.replace(tmp, path)
@@ -235,7 +244,7 @@ def write_atomic(df: pd.DataFrame, path: Path) -> None:
 
 def write_results(df: pd.DataFrame, out_dir: Path) -> tuple[Path, Path]:
     parquet, csv = Path(out_dir) / "results.parquet", Path(out_dir) / "results.csv"
-    write_atomic(df, parquet)
+    write_atomic(df, parquet, metadata=provenance())
     write_atomic(df, csv)
     return parquet, csv
 
@@ -248,9 +257,9 @@ def best_per_point(df: pd.DataFrame) -> pd.DataFrame:
     """For each workload point: every policy kind's best configuration, ranked.
 
     Columns: the group columns, rank, policy, policy_label, throughput_tok_s, speedup
-    (over the best configuration of `baseline` at that point: kv-only where it ran, else
-    flexgen, either attention placement; NaN where neither ran), baseline, bound_tok_s,
-    gpu_busy.
+    (over the best configuration of kv-only at that point where it ran, else of flexgen,
+    either attention placement; NaN where neither ran), baseline (that configuration's
+    label, e.g. `kv-only cpu-attn`), bound_tok_s, gpu_busy.
     """
     cols = [*GROUP_COLUMNS, "rank", "policy", "policy_label", "throughput_tok_s", "speedup", "baseline",
             "bound_tok_s", "gpu_busy"]
@@ -262,10 +271,10 @@ def best_per_point(df: pd.DataFrame) -> pd.DataFrame:
     for _, grp in best.groupby(GROUP_COLUMNS, sort=False):
         grp = grp.sort_values("throughput_tok_s", ascending=False).copy()
         kind = next((k for k in BASELINE_KINDS if (grp["policy"] == k).any()), None)
-        base = grp.loc[grp["policy"] == kind, "throughput_tok_s"].iloc[0] if kind else math.nan
+        base_row = grp.loc[grp["policy"] == kind].iloc[0] if kind else None
         grp["rank"] = range(1, len(grp) + 1)
-        grp["speedup"] = grp["throughput_tok_s"] / base
-        grp["baseline"] = kind
+        grp["speedup"] = grp["throughput_tok_s"] / (base_row["throughput_tok_s"] if kind else math.nan)
+        grp["baseline"] = base_row["policy_label"] if kind else None  # the exact configuration
         out.append(grp)
     return pd.concat(out)[cols].reset_index(drop=True)
 

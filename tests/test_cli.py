@@ -190,3 +190,41 @@ def test_run_layers_simulates_the_first_k_layers_at_full_size(tmp_path):
     assert two["h2d_bytes"] == 2 * one["h2d_bytes"]  # the same layer twice: twice the weights and K,V
     bad = invoke("run", scen, "--layers", "33")
     assert bad.exit_code == 2 and "use 1..32" in bad.output
+
+
+def test_results_are_typed_and_null_where_a_policy_reads_nothing(tmp_path):
+    import pyarrow.parquet as pq
+
+    from hssim.sim.api import kvpr_split
+    from hssim.sim.scenario import load_points
+
+    scen = write(tmp_path, TINY.replace("  - {kind: token-recompute}", "  - {kind: token-recompute}\n  - {kind: kvpr}"))
+    out = tmp_path / "out"
+    res = invoke("sweep", scen, "--out", out, "--jobs", "1", "--no-report")
+    assert res.exit_code == 0, res.output
+    df = pd.read_parquet(out / "results.parquet")
+    for col in ("h2d_bytes", "d2h_bytes", "peak_gpu_bytes", "ops", "split_tokens", "batch"):
+        assert str(df[col].dtype) == "Int64", col
+    assert df["error"].isna().all()  # null, not ''
+    kv = df[df["policy"] == "kv-only"]
+    assert kv["kv_ratio"].isna().all() and kv["step_barrier"].isna().all() and kv["split_tokens"].isna().all()
+    assert df.loc[df["policy"] == "hybrid", "kv_ratio"].notna().all()
+    kvpr = df[df["policy"] == "kvpr"]
+    assert kvpr["kv_ratio"].isna().all() and kvpr["step_barrier"].notna().all()
+    # KVPR's closed form records the split it chose for each point
+    for point in (p for p in load_points([scen]) if p.policy.kind.value == "kvpr"):
+        row = kvpr[kvpr["prompt_len"] == point.workload.prompt_len].iloc[0]
+        assert (int(row["split_tokens"]), row["split_rule"]) == kvpr_split(point)
+    meta = pq.read_schema(out / "results.parquet").metadata
+    assert meta[b"hssim_version"] and b"hssim_commit" in meta
+    assert all(len(line) <= 100 for line in res.output.splitlines())  # the ranking fits 100 columns
+
+
+def test_sweep_dry_run_lists_points_and_runs_nothing(tmp_path):
+    scen = write(tmp_path, TINY)
+    out = tmp_path / "out"
+    res = invoke("sweep", scen, "--out", out, "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert "10 points at 2 workload points; nothing was run" in res.output
+    assert "hybrid r=0.50" in res.output
+    assert not out.exists()

@@ -98,7 +98,8 @@ def test_serve_run_writes_results_and_prints_json(tmp_path):
     res = CliRunner().invoke(serve, ["run", str(scen), "--json", "--out", str(out), "--iterations", "--markdown",
                                      str(out / "table.md")])
     assert res.exit_code == 0, res.output
-    rows = [json.loads(line) for line in res.output.splitlines()]
+    rows = [json.loads(line) for line in res.stdout.splitlines()]  # progress lines go to stderr
+    assert "done" in res.stderr
     assert len(rows) == 6 and {r["policy"] for r in rows} == {"vllm-swap", "vllm-recompute", "oneiros"}
     for col in ("ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "tbt_p50_s", "tbt_p90_s", "tbt_p99_s", "throughput_tok_s",
                 "h2d_bytes", "d2h_bytes", "remapped_layers_mean", "remapped_layers_max"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 
@@ -24,6 +23,7 @@ from hssim.sim.costs.profile import (
 from hssim.sim.engine import simulate
 from hssim.sim.policies import build_schedule
 from hssim.sim.schedule import OpKind
+from hssim.sim.trace import read_trace
 from hssim.validate.compare import join_ops, overlap, point_errors, step_times
 
 
@@ -170,10 +170,12 @@ def test_validate_device_cpu_quick_writes_a_complete_finite_report(tmp_path):
     text = (out / "README.md").read_text()
     assert "hssim validate --device cpu --set quick" in text and "not run on a GPU" in text
     assert "load average (1 min)" in text
-    traces = sorted((out / "traces").glob("*.json"))
-    assert len(traces) == 2 * len(points)
-    trace = json.loads(traces[0].read_text())
-    assert any(e.get("ph") == "X" for e in trace["traceEvents"])
+    traces = sorted((out / "traces").glob("*.json.gz"))
+    assert len(traces) == len(points)
+    trace = read_trace(traces[0])  # the measured and the simulated timeline, as processes of their own
+    names = {e["pid"]: e["args"]["name"] for e in trace["traceEvents"] if e.get("name") == "process_name"}
+    assert any("measured" in n for n in names.values()) and any("simulated" in n for n in names.values())
+    assert {e["pid"] for e in trace["traceEvents"] if e.get("ph") == "X"} <= set(names)
     # the saved profile loads back and drives the cost model
     prof = load_profile(out / "profile.yaml")
     assert prof.device["backend"] == "cpu" and prof.op_overhead_s

@@ -6,8 +6,9 @@ Layout of the output folder::
     summary.csv points.csv steps.csv kinds.csv worst_ops.csv ops.csv
     profile.yaml              the calibrated profile used (or loaded)
     microbench/*.csv          the raw micro-benchmark timings (when calibrated)
-    figures/*.png             scatter per op kind, side-by-side Gantt, overlap per policy
-    traces/*_sim.json, *_measured.json   Chrome / Perfetto traces of both timelines
+    figures/*.png             drawn by hssim.reports.validation from `figure_inputs`: scatter per op kind,
+                              simulated-over-measured Gantt, overlap per policy
+    traces/pointNN.json.gz    Chrome / Perfetto trace: the measured and the simulated timeline side by side
 """
 
 from __future__ import annotations
@@ -15,20 +16,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
+from ..sim.trace import TracePart, write_trace
+from .compare import kind_errors, summary
+from .run import ValidationRun
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
-
-from ..sim.trace import write_chrome_trace  # noqa: E402
-from .compare import kind_errors, summary  # noqa: E402
-from .run import ValidationRun  # noqa: E402
-
-STREAMS = ["compute", "h2d", "d2h", "cpu"]
 WORST = 15
 
 
@@ -45,89 +38,13 @@ def _md(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
     return "\n".join(lines)
 
 
-def scatter_by_kind(ops: pd.DataFrame, path: Path) -> Path:
-    kinds = list(ops.groupby("kind")["dur_meas_s"].sum().sort_values(ascending=False).index)
-    ncol = 4
-    nrow = math.ceil(len(kinds) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(11, 2.6 * nrow), squeeze=False)
-    for ax, kind in zip(axes.flat, kinds, strict=False):
-        d = ops[ops["kind"] == kind]
-        x, y = d["dur_meas_s"] * 1e3, d["dur_sim_s"] * 1e3
-        ax.scatter(x, y, s=8, alpha=0.6, color=sns.color_palette("colorblind")[0])
-        lo = max(min(x.min(), y.min()), 1e-4)
-        hi = max(x.max(), y.max())
-        ax.plot([lo, hi], [lo, hi], color="0.4", lw=0.8, ls="--")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.set_title(f"{kind} (n={len(d)}, median APE {_pct(d['ape'].median())})", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.set_xlabel("measured (ms)", fontsize=7)
-        ax.set_ylabel("simulated (ms)", fontsize=7)
-    for ax in list(axes.flat)[len(kinds):]:
-        ax.set_visible(False)
-    fig.suptitle("Op durations: simulated (profiled cost model) vs measured, per op kind; dashed: y = x", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
-
-
-def _step_window(tl: pd.DataFrame, step: int) -> tuple[pd.DataFrame, float]:
-    ends = tl.groupby("step")["end_s"].max()
-    t0 = float(ends.loc[step - 1]) if step - 1 in ends.index else 0.0
-    d = tl[tl["step"] == step].copy()
-    d["start_ms"] = (d["start_s"] - t0) * 1e3
-    d["end_ms"] = (d["end_s"] - t0) * 1e3
-    return d, t0
-
-
-def gantt_decode_step(run: ValidationRun, index: int, step: int, path: Path) -> Path:
-    o = run.outcomes[index]
-    kinds = sorted(set(o.sim_tl["kind"]))
-    palette = dict(zip(kinds, sns.color_palette("tab20", len(kinds)), strict=True))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.2), sharey=True)
-    xmax = 0.0
-    for ax, (title, tl) in zip(axes, (("simulated", o.sim_tl), ("measured", o.meas_tl)), strict=True):
-        d, _ = _step_window(tl, step)
-        streams = [s for s in STREAMS if s in set(o.sim_tl["stream"])]
-        for _, r in d.iterrows():
-            y = streams.index(r["stream"])
-            ax.barh(y, r["end_ms"] - r["start_ms"], left=r["start_ms"], height=0.7, color=palette[r["kind"]],
-                    edgecolor="white", linewidth=0.3)
-        ax.set_yticks(range(len(streams)), streams)
-        ax.invert_yaxis()
-        ax.set_xlabel(f"ms since the end of step {step - 1}")
-        ax.set_title(f"{title}: step {step} takes {d['end_ms'].max():.1f} ms", fontsize=9)
-        xmax = max(xmax, float(d["end_ms"].max()))
-    for ax in axes:
-        ax.set_xlim(min(0, ax.get_xlim()[0]), xmax * 1.02)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=palette[k]) for k in kinds]
-    fig.legend(handles, kinds, loc="lower center", ncol=min(8, len(kinds)), fontsize=7, frameon=False)
-    fig.suptitle(f"Decode step {step} of {o.row['label']}", fontsize=10)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
-
-
-def overlap_by_policy(points: pd.DataFrame, path: Path) -> Path:
-    d = points.groupby("policy")[["hidden_link_share_sim", "hidden_link_share_meas"]].mean().reset_index()
-    long = d.melt(id_vars="policy", var_name="timeline", value_name="share")
-    long["timeline"] = long["timeline"].map({"hidden_link_share_sim": "simulated",
-                                             "hidden_link_share_meas": "measured"})
-    fig, ax = plt.subplots(figsize=(7, 3))
-    sns.barplot(long, x="policy", y="share", hue="timeline", ax=ax, palette="colorblind")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("link time hidden under compute")
-    ax.set_xlabel("")
-    ax.set_title("Overlap each policy achieved in decode (mean over the set's points)", fontsize=9)
-    ax.tick_params(axis="x", labelsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+def figure_inputs(run: ValidationRun) -> dict:
+    """What the report's figures are drawn from (`hssim.reports.validation.draw_validation_figures`):
+    the per-op join, the points, and both timelines of the point the Gantt chart shows."""
+    gi, gstep = _gantt_choice(run)
+    o = run.outcomes[gi]
+    return {"ops": run.ops, "points": run.points, "sim_tl": o.sim_tl, "meas_tl": o.meas_tl,
+            "label": f"point {gi}: {o.row['label']}", "step": gstep}
 
 
 def _gantt_choice(run: ValidationRun) -> tuple[int, int]:
@@ -175,14 +92,10 @@ def write_report(run: ValidationRun, out: str | Path, command: str) -> Path:
     for o in run.outcomes:
         i = o.row["point"]
         meta = {"point": o.row["label"], "device": run.info.name}
-        write_chrome_trace(o.schedule, o.sim_tl, out / "traces" / f"point{i:02d}_sim.json",
-                           meta={**meta, "timeline": "simulated"})
-        write_chrome_trace(o.schedule, o.meas_tl, out / "traces" / f"point{i:02d}_measured.json",
-                           meta={**meta, "timeline": "measured"})
+        write_trace([TracePart(o.meas_tl, o.schedule, "measured", run.info.name),
+                     TracePart(o.sim_tl, o.schedule, "sim")],
+                    out / "traces" / f"point{i:02d}.json.gz", meta=meta)
     gi, gstep = _gantt_choice(run)
-    scatter_by_kind(ops, out / "figures" / "scatter_by_kind.png")
-    gantt_decode_step(run, gi, gstep, out / "figures" / "gantt_decode_step.png")
-    overlap_by_policy(points, out / "figures" / "overlap_by_policy.png")
     (out / "README.md").write_text(_markdown(run, command, summ, kinds, worst, ablation, gi, gstep))
     return out
 
@@ -254,8 +167,8 @@ def _markdown(run: ValidationRun, command: str, summ: dict, kinds: pd.DataFrame,
         "",
         "![overlap per policy](figures/overlap_by_policy.png)",
         "",
-        "Traces: `traces/pointNN_sim.json` and `traces/pointNN_measured.json` (open both in ui.perfetto.dev or "
-        "chrome://tracing).",
+        "Traces: `traces/pointNN.json.gz`, the measured and the simulated timeline of each point as two processes "
+        "of one trace (open it in ui.perfetto.dev or chrome://tracing).",
         "",
         "## Residual error",
         "",
