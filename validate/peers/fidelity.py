@@ -3,8 +3,8 @@
 Run `python -m hssim.validate.peers.fidelity --out reports/claims` to rewrite `fidelity.csv`,
 `fidelity_ablation.csv` and their tables, `fidelity_table.md` (the prose is `fidelity.md`).
 The measured figures are FlexGen's README (T4 16 GB, 208 GB DRAM, prompt 512, 32 output
-tokens): OPT-6.7B all on the GPU, block 2x1, 25.26 tok/s; OPT-30B, block 48x3, weights 20% GPU / 80% CPU, cache and activations on the
-CPU, CPU attention, 7.32 tok/s. Nothing here is fitted to them.
+tokens): OPT-6.7B all on the GPU, block 2x1, 25.26 tok/s; OPT-30B, block 48x3, weights 20% GPU /
+80% CPU, cache and activations on the CPU, CPU attention, 7.32 tok/s. Nothing here is fitted to them.
 
 The ablation prices both points on the T4 box as it was before each change of the fidelity
 work and switches the changes in one at a time (and, the other way round, leaves each out of
