@@ -313,7 +313,7 @@ def _min_time_s(fn: Callable[[], object], min_total_s: float, rounds: int = 7) -
 
 
 def bench_flexgen_cpu_attention(shapes: tuple[tuple[int, int, int, int], ...], threads: int,
-                                min_total_s: float = 0.2) -> pd.DataFrame:
+                                min_total_s: float = 0.2, rounds: int = 7) -> pd.DataFrame:
     """Seconds per call of each step of FlexGen's CPU attention at `threads` intra-op threads,
     one row per (batch, heads, head_dim, context, step), with the step's units and bytes."""
     from ..sim.costs.cpu_attention import flexgen_cpu_attention_steps
@@ -326,7 +326,7 @@ def bench_flexgen_cpu_attention(shapes: tuple[tuple[int, int, int, int], ...], t
             for step in flexgen_cpu_attention_steps(b, n, d, s):
                 rows.append({"threads": threads, "batch": b, "heads": n, "head_dim": d, "context": s,
                              "step": step.name, "units": step.units, "host_bytes": step.host_bytes,
-                             "seconds": _min_time_s(fns[step.name], min_total_s)})
+                             "seconds": _min_time_s(fns[step.name], min_total_s, rounds)})
     return pd.DataFrame(rows)
 
 

@@ -47,14 +47,16 @@ class CPUStep:
 
 #: per-thread seconds per unit of each step (values for cast / new_token / mask / softmax,
 #: FLOPs for the two bmm's), measured at 1 thread by `benchmarks/bench_flexgen_cpu_attention.py`
-#: on an AMD EPYC (Zen 3) core with PyTorch 2.13.0 (results: benchmarks/results/flexgen_cpu_attention.md)
+#: on an AMD EPYC (Zen 3) virtual core with PyTorch 2.13.0, the fastest of 15 calls on a shared machine
+#: (load average 18 on 2 cores: these are upper bounds on the undisturbed time; results and the
+#: 2-thread check: benchmarks/results/flexgen_cpu_attention.md)
 PER_THREAD_S_PER_UNIT: dict[str, float] = {
-    "cast": 1.152e-09,
-    "new_token": 4.128e-10,
-    "bmm_qk": 6.468e-10,
-    "mask": 1.972e-09,
-    "softmax": 3.045e-09,
-    "bmm_av": 5.244e-10,
+    "cast": 1.7e-09,
+    "new_token": 1.373e-10,
+    "bmm_qk": 1.029e-09,
+    "mask": 7.399e-10,
+    "softmax": 1.11e-09,
+    "bmm_av": 7.913e-10,
 }
 
 
