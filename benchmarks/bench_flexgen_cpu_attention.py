@@ -74,7 +74,8 @@ def main() -> None:
         "",
         "The code timed is FlexGen 0.1.8's (`flex_opt.py` `SelfAttention.load_cache` path 1, "
         "`pytorch_backend.py` `TorchDevice.mha_gen`, `_attention_weights`, `_attention_value`), "
-        "step by step, the fastest of at least 15 calls (the least disturbed on a shared machine). Units: values for cast / new_token / mask / softmax, FLOPs "
+        "step by step, the fastest of at least 15 calls (the least disturbed on a shared machine). "
+        "Units: values for cast / new_token / mask / softmax, FLOPs "
         "for the bmm's (see `sim/costs/cpu_attention.py`).",
         "",
         f"Host copy rate (bytes read + written per second): {dram1 / 1e9:.2f} GB/s at 1 thread, "
