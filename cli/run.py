@@ -131,5 +131,8 @@ def presets() -> None:
                    f"({m.kv_heads} KV), {m.total_weight_bytes / 1e9:.1f} GB fp16")
     click.echo("hardware:")
     for h in HARDWARE.values():
-        click.echo(f"  {h.name:<16} {h.gpu.name} {h.gpu.memory_bytes / 1e9:.0f} GB, {h.link.name} "
-                   f"{h.link.h2d_pinned_Bps / 1e9:.1f} GB/s H2D pinned, host {h.host.memory_bytes / 1e9:.0f} GB")
+        g = h.gpu
+        click.echo(f"  {h.name:<16} {g.name} {g.memory_bytes / 2**30:.1f} GiB, fp16 GEMM {g.achieved_flops / 1e12:.0f} "
+                   f"of {g.peak_flops / 1e12:.0f} TFLOP/s, HBM {g.achieved_hbm_Bps / 1e9:.0f} of {g.hbm_Bps / 1e9:.0f} "
+                   f"GB/s; {h.link.name} {h.link.h2d_pinned_Bps / 1e9:.1f} GB/s H2D pinned; host "
+                   f"{h.host.memory_bytes / 1e9:.0f} GB, {h.cpu.name}")

@@ -135,16 +135,28 @@ class ModelSpec(Spec):
 
 
 class GPUSpec(Spec):
+    """A GPU: datasheet peaks (what `bound_tok_s` uses) and the fractions of them that
+    public micro-benchmarks achieve (what op durations use)."""
+
     name: str
-    memory_bytes: int = Field(gt=0)
-    peak_flops: float = Field(gt=0, description="dense fp16 tensor-core FLOP/s")
-    hbm_Bps: float = Field(gt=0, description="device memory bandwidth, bytes/s")
+    memory_bytes: int = Field(gt=0, description="what CUDA reports as the device's total memory, bytes")
+    peak_flops: float = Field(gt=0, description="datasheet dense fp16 tensor-core FLOP/s")
+    hbm_Bps: float = Field(gt=0, description="datasheet device memory bandwidth, bytes/s")
     launch_overhead_s: float = Field(default=5e-6, ge=0)
     matmul_efficiency: float = Field(
-        default=1.0, gt=0, le=1, description="achieved fraction of peak_flops"
+        default=1.0, gt=0, le=1, description="achieved fraction of peak_flops (large fp16 GEMM)"
     )
     hbm_efficiency: float = Field(default=1.0, gt=0, le=1, description="achieved fraction of hbm_Bps")
-    reserved_bytes: int = Field(default=0, ge=0, description="memory the runtime keeps for itself")
+    reserved_bytes: int = Field(default=0, ge=0, description="memory the runtime keeps for itself "
+                                "(CUDA context, kernels, cuBLAS workspace)")
+
+    @property
+    def achieved_flops(self) -> float:
+        return self.peak_flops * self.matmul_efficiency
+
+    @property
+    def achieved_hbm_Bps(self) -> float:
+        return self.hbm_Bps * self.hbm_efficiency
 
 
 class LinkSpec(Spec):
@@ -164,8 +176,30 @@ class HostSpec(Spec):
 
 
 class CPUSpec(Spec):
+    """The host CPU that runs FlexGen-style CPU attention.
+
+    Without `flops`, CPU attention is priced step by step from FlexGen's code
+    (`costs.cpu_attention`): per-thread rates from this project's micro-benchmark,
+    one thread per physical core, capped by the host's DRAM bandwidth. `flops` (a
+    calibrated profile's fitted rate) replaces that with one FLOP/s figure."""
+
     name: str = "cpu"
-    flops: float = Field(gt=0, description="achieved FLOP/s of attention on the CPU")
+    sockets: int = Field(default=1, gt=0)
+    cores_per_socket: int = Field(default=8, gt=0, description="physical cores")
+    dram_type: str = Field(default="DDR4", description="e.g. DDR4-3200")
+    dram_channels_per_socket: int = Field(default=2, gt=0)
+    dram_MTps: float = Field(default=3200, gt=0, description="DRAM transfer rate, mega-transfers/s")
+    flops: float | None = Field(default=None, gt=0, description="achieved FLOP/s of attention on the CPU, "
+                                "when a calibrated profile fixes it")
+
+    @property
+    def cores(self) -> int:
+        return self.sockets * self.cores_per_socket
+
+    @property
+    def dram_peak_Bps(self) -> float:
+        """Wire rate of every channel: channels x MT/s x 8 bytes (64-bit channel), all sockets."""
+        return self.sockets * self.dram_channels_per_socket * self.dram_MTps * 1e6 * 8
 
 
 class HardwareSpec(Spec):

@@ -13,7 +13,8 @@ Each benchmark returns a DataFrame of raw timings (seconds per call):
   running on the neighbour thread);
 - `attention`: the executor's attention (context concatenation + its attention
   kernel) against batch and context, decode (one new token) and prefill (causal);
-- `cpu_attention`: FlexGen's host-side attention (fp32, host memory);
+- `cpu_attention`: FlexGen's host-side attention (fp32, host memory), as the executor runs it;
+  `bench_flexgen_cpu_attention` times FlexGen's own code of it step by step (not part of a profile);
 - `launch`: the cost of one tiny kernel (launch overhead).
 
 Intra-op threads are set the way the executor sets them, so the CPU rates are
@@ -23,6 +24,8 @@ the rates the executor's stream threads get.
 from __future__ import annotations
 
 import contextlib
+import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -239,6 +242,101 @@ def bench_cpu_attention(plan: BenchPlan, dtype) -> pd.DataFrame:
                              **attention_features(b, m.heads, m.kv_hidden, h, 1, ctx, p),
                              "seconds": time_s(fn, "cpu", plan.min_total_s)})
     return pd.DataFrame(rows)
+
+
+def flexgen_cpu_attention_step_fns(batch: int, heads: int, head_dim: int,
+                                   context: int) -> tuple[dict[str, Callable], dict[str, object]]:
+    """FlexGen 0.1.8's CPU attention, one callable per step, on the host (see
+    `sim.costs.cpu_attention`): the code of `flex_opt.py` `SelfAttention.load_cache` (path 1) and
+    `pytorch_backend.py` `TorchDevice.mha_gen` (branch `not k.is_cuda`), `_attention_weights` and
+    `_attention_value`, with the GPU tensors (q, the new K and V) already on the host.
+    Returns the steps by name and the tensors they work on."""
+    torch = require_torch()
+    import torch.nn.functional as F
+
+    b, n, d, s = batch, heads, head_dim, context
+    bn = b * n
+    k_home = torch.randn(s, bn, d, dtype=torch.float16)  # fp16 host cache, unpinned
+    v_home = torch.randn(s, bn, d, dtype=torch.float16)
+    k_buf = torch.empty(s, bn, d, dtype=torch.float32)  # the fp32 workspace
+    v_buf = torch.empty(s, bn, d, dtype=torch.float32)
+    q16 = torch.randn(bn, 1, d, dtype=torch.float16)
+    k_new = torch.randn(1, bn, d, dtype=torch.float16)
+    v_new = torch.randn(1, bn, d, dtype=torch.float16)
+    mask = torch.ones(b, s, dtype=torch.bool)
+    idx = (slice(0, s - 1), slice(0, bn))
+    k, v = k_buf[:s], v_buf[:s]
+    kp = k.permute(1, 2, 0).reshape(bn, d, s)  # a view: strides (d, 1, bn*d)
+    vp = v.permute(1, 0, 2).reshape(bn, s, d)
+    state: dict[str, object] = {}
+
+    def cast():
+        k_buf[idx].copy_(k_home[idx])
+        v_buf[idx].copy_(v_home[idx])
+
+    def new_token():
+        k[s - 1:s] = k_new
+        v[s - 1:s] = v_new
+        state["q"] = q16.float()
+
+    def bmm_qk():
+        state["w"] = torch.bmm(state["q"], kp)
+
+    def mask_():
+        state["m"] = torch.where(mask.view(b, 1, 1, s), state["w"].view(b, n, 1, s), -1e4).view(bn, 1, s)
+
+    def softmax():
+        state["p"] = F.softmax(state["m"], dim=2)
+
+    def bmm_av():
+        state["out"] = torch.bmm(state["p"], vp)
+        return state["out"]
+
+    fns = {"cast": cast, "new_token": new_token, "bmm_qk": bmm_qk, "mask": mask_, "softmax": softmax,
+           "bmm_av": bmm_av}
+    for fn in fns.values():  # one pass, so that each step's inputs exist
+        fn()
+    return fns, {"k_home": k_home, "v_home": v_home, "k_new": k_new, "v_new": v_new, "q": q16}
+
+
+def _min_time_s(fn: Callable[[], object], min_total_s: float, rounds: int = 7) -> float:
+    """Fastest of `rounds` timed calls after a warm-up: on a shared machine the minimum is the
+    run least disturbed by other processes."""
+    fn()
+    best, spent, calls = math.inf, 0.0, 0
+    while calls < rounds or spent < min_total_s:
+        t0 = time.perf_counter()
+        fn()
+        took = time.perf_counter() - t0
+        best, spent, calls = min(best, took), spent + took, calls + 1
+    return best
+
+
+def bench_flexgen_cpu_attention(shapes: tuple[tuple[int, int, int, int], ...], threads: int,
+                                min_total_s: float = 0.2, rounds: int = 7) -> pd.DataFrame:
+    """Seconds per call of each step of FlexGen's CPU attention at `threads` intra-op threads,
+    one row per (batch, heads, head_dim, context, step), with the step's units and bytes."""
+    from ..sim.costs.cpu_attention import flexgen_cpu_attention_steps
+
+    torch = require_torch()
+    rows = []
+    with _threads(threads), torch.inference_mode():
+        for b, n, d, s in shapes:
+            fns, _ = flexgen_cpu_attention_step_fns(b, n, d, s)
+            for step in flexgen_cpu_attention_steps(b, n, d, s):
+                rows.append({"threads": threads, "batch": b, "heads": n, "head_dim": d, "context": s,
+                             "step": step.name, "units": step.units, "host_bytes": step.host_bytes,
+                             "seconds": _min_time_s(fns[step.name], min_total_s, rounds)})
+    return pd.DataFrame(rows)
+
+
+def bench_host_copy_Bps(threads: int, nbytes: int = 512 * 2**20) -> float:
+    """Host DRAM rate of a large fp32 copy at `threads` threads (bytes read + written per second)."""
+    torch = require_torch()
+    src = torch.randn(nbytes // 4)
+    dst = torch.empty_like(src)
+    with _threads(threads):
+        return 2 * nbytes / time_s(lambda: dst.copy_(src), "cpu", 0.5, rounds=5)
 
 
 def bench_launch(backend: str) -> float:

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..schedule import Op, Schedule, Stream
 from ..specs import GPUSpec, HardwareSpec, LinkSpec
+from .cpu_attention import flexgen_cpu_attention_s
 
 
 class CostModel(Protocol):
@@ -41,8 +42,17 @@ def link_time_s(link: LinkSpec, nbytes: float, direction: Stream, pinned: bool =
     return link.latency_s + nbytes / bw
 
 
-def cpu_time_s(hw: HardwareSpec, flops: float, host_bytes: float) -> float:
-    return max(flops / hw.cpu.flops, host_bytes / hw.host.memory_Bps)
+def cpu_time_s(hw: HardwareSpec, flops: float, host_bytes: float, shape: dict | None = None) -> float:
+    """CPU attention: with a fitted `cpu.flops` (a calibrated profile), at least max(FLOPs / that
+    rate, bytes / host bandwidth); otherwise FlexGen's code step by step (`cpu_attention`), from
+    the op's shape (batch, heads, kv_heads, head_dim, past_tokens)."""
+    if hw.cpu.flops is not None:
+        return max(flops / hw.cpu.flops, host_bytes / hw.host.memory_Bps)
+    if not shape or "head_dim" not in shape:
+        raise ValueError("a CPU op priced by FlexGen's step model needs batch, heads, head_dim and past_tokens "
+                         "in its shape")
+    return flexgen_cpu_attention_s(hw, shape["batch"], shape["heads"], shape["head_dim"],
+                                   shape["past_tokens"] + 1, shape.get("kv_heads"))
 
 
 @dataclass(frozen=True)
@@ -60,7 +70,7 @@ class RooflineCostModel:
         if op.stream is Stream.compute:
             return gpu_time_s(hw.gpu, op.flops, op.hbm_bytes, op.kernels)
         if op.stream is Stream.cpu:
-            return cpu_time_s(hw, op.flops, op.host_bytes)
+            return cpu_time_s(hw, op.flops, op.host_bytes, op.shape_dict)
         return link_time_s(hw.link, op.link_bytes, op.stream, op.pinned)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ..specs import FFNKind, ModelSpec
+from .cpu_attention import flexgen_cpu_attention_steps
 
 TOKEN_ID_BYTES = 4  # int32 token ids
 
@@ -126,9 +127,11 @@ def lm_head_work(m: ModelSpec, batch: int) -> Work:
 
 @lru_cache(maxsize=65536)
 def cpu_attention_work(m: ModelSpec, batch: int, context: int) -> tuple[float, int]:
-    """Decode attention of one new token per sequence over `context` host-held tokens.
+    """Decode attention of one new token per sequence over `context` host-held tokens, as
+    FlexGen's CPU path runs it (fp32 workspace copy, bmm, mask, softmax, bmm: see
+    `cpu_attention.flexgen_cpu_attention_steps`).
 
-    Returns (FLOPs, host-memory bytes read).
+    Returns (FLOPs, host-memory bytes read and written).
     """
-    flops = 2 * 2 * batch * context * m.hidden
-    return flops, batch * context * m.kv_bytes_per_token
+    steps = flexgen_cpu_attention_steps(batch, m.heads, m.head_dim, context, m.kv_heads)
+    return sum(st.flops for st in steps), int(sum(st.host_bytes for st in steps))

@@ -260,7 +260,8 @@ class _BlockBuilder:
             sent = self._payload(OpKind.store_qkv, link_bytes=qkv_bytes, host_alloc_bytes=host_alloc,
                                  shape=shape)
             flops, host_bytes = costs.cpu_attention_work(m, gbs, past + 1)
-            cpu = self._payload(OpKind.cpu_attention, flops=flops, host_bytes=host_bytes, shape=shape)
+            cpu_shape = shape + (("heads", m.heads), ("kv_heads", m.kv_heads), ("head_dim", m.head_dim))
+            cpu = self._payload(OpKind.cpu_attention, flops=flops, host_bytes=host_bytes, shape=cpu_shape)
             out_bytes = gbs * self.hidden * p
             back = self._payload(OpKind.load_attn_out, link_bytes=out_bytes, gpu_bytes=out_bytes, shape=shape)
             out = self._work_payload(OpKind.out_proj, costs.out_proj_work(m, gbs, 1), gpu_bytes=out_bytes,

@@ -18,6 +18,7 @@ import pandas as pd
 from ...sim.api import run_point
 from ...sim.memory import MemoryPlanError
 from ...sim.presets import hardware_preset, model_preset
+from ...sim.schedule import Stream
 from ...sim.specs import HardwareSpec, PointSpec, PolicySpec, WorkloadSpec
 from .flexgen_lp import FlexGenPolicy, LPPrediction, available, lp_predict, lp_search
 
@@ -57,10 +58,17 @@ def hssim_point(model: str, hw: HardwareSpec, prompt_len: int, policy: FlexGenPo
 
 def _hssim(point: PointSpec) -> dict:
     try:
-        m = run_point(point).metrics
+        run = run_point(point, engine="list")
     except MemoryPlanError as e:
         return {"error": str(e).split(": ", 1)[-1][:160]}
-    return {"tok_s": m["throughput_tok_s"], "prefill_s": m["prefill_s"], "decode_s": m["decode_s"]}
+    m, sched, dur = run.metrics, run.schedule, run.result.duration_ns
+    # busy seconds of each engine per decode (layer, step): what the LP's per-layer terms compare to
+    per = (GEN_LEN - 1) * point.model.layers
+    decode = sched.step_col > 0
+    busy = {f"{s.value}_busy_layer_s": float(dur[decode & (sched.stream_code == i)].sum()) / 1e9 / per
+            for i, s in enumerate(Stream) if s is not Stream.d2h}
+    return {"tok_s": m["throughput_tok_s"], "prefill_s": m["prefill_s"], "decode_s": m["decode_s"],
+            "decode_layer_s": m["decode_s"] / per, **busy}
 
 
 def compare(model: str, prompt_len: int, source: str, policy: FlexGenPolicy) -> dict:
@@ -73,7 +81,7 @@ def compare(model: str, prompt_len: int, source: str, policy: FlexGenPolicy) -> 
     lp: LPPrediction = lp_predict(model_preset(model), hw, prompt_len, GEN_LEN, run_policy)
     row = {"model": model, "prompt_len": prompt_len, "source": source, "policy": policy.label(),
            "run_as": run_policy.label(), "lp_tok_s": lp.throughput_tok_s, "lp_prefill_s": lp.prefill_s,
-           "lp_decode_s": lp.decode_s}
+           "lp_decode_s": lp.decode_s, "lp_ctogg_s": lp.ctogg_s, "lp_compg_s": lp.compg_s, "lp_tgen_s": lp.tgen_s}
     if policy.uses_disk:
         row["lp_tok_s_with_disk"] = lp_predict(model_preset(model), hardware_preset("t4-pcie3"), prompt_len,
                                                GEN_LEN, policy).throughput_tok_s

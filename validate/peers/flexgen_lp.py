@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import re
 from dataclasses import dataclass
 
 from ...sim.specs import HardwareSpec, ModelSpec
@@ -52,6 +53,11 @@ class LPPrediction:
     throughput_tok_s: float
     prefill_s: float
     decode_s: float
+    #: the LP's per-layer decode terms (seconds): weight + hidden load `ctogg` (added outside the max),
+    #: GPU and CPU compute `compg` (a sum), and `Tgen` = ctogg + max(gtocg, dtocg, ctodg, compg)
+    ctogg_s: float = float("nan")
+    compg_s: float = float("nan")
+    tgen_s: float = float("nan")
 
 
 def available() -> bool:
@@ -93,12 +99,14 @@ def lp_predict(model: ModelSpec, hw: HardwareSpec, prompt_len: int, gen_len: int
     """FlexGen's model's throughput, prefill and decode time for one fixed policy."""
     cm = _module()
     cfg = lp_config(model, hw, prompt_len, gen_len)
-    with _alphas(100.0), contextlib.redirect_stdout(io.StringIO()):
+    printed = io.StringIO()
+    with _alphas(100.0), contextlib.redirect_stdout(printed):
         status, _, (tput, tpre, tgen), _ = cm.solve_lp(
-            cfg, policy.batch, policy.gpu_batch_size, verbose=0, debug=True, percent=policy.percent)
+            cfg, policy.batch, policy.gpu_batch_size, verbose=1, debug=True, percent=policy.percent)
     if status != 1:
         raise ValueError(f"FlexGen's LP has no solution for {policy.label()} (status {status})")
-    return LPPrediction(tput, tpre, tgen)
+    terms = dict(re.findall(r"(ctogg|compg|Tgen) = ([0-9.eE+-]+) s", printed.getvalue()))
+    return LPPrediction(tput, tpre, tgen, *(float(terms.get(k, "nan")) for k in ("ctogg", "compg", "Tgen")))
 
 
 def lp_search(model: ModelSpec, hw: HardwareSpec, prompt_len: int, gen_len: int) -> FlexGenPolicy | None:
