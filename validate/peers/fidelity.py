@@ -65,7 +65,7 @@ OLD_FLOP_SCALE = 1.0
 OLD_BYTE_SCALE = 1.0
 
 CHANGES: dict[str, Callable[[HardwareSpec], HardwareSpec]] = {
-    "GEMM: micro-benchmark rate (41.91 TFLOP/s) instead of FlexGen's fitted 21.24": _old_gemm,
+    "GEMM: sustained T4 rate (24 TFLOP/s, power-capped) instead of FlexGen's fitted 21.24": _old_gemm,
     "HBM: measured 220 GB/s instead of the 320 GB/s datasheet": _old_hbm,
     "GPU capacity: 15360 MiB less the CUDA context instead of 16e9 B": _old_capacity,
     "CPU attention: FlexGen's steps on 16 cores + DDR4 instead of 0.0123 TFLOP/s": _old_cpu,
