@@ -22,7 +22,7 @@ import click
 from ..errors import UserError
 from ..sim.memory import MemoryPlanError
 from ..sim.scenario import ScenarioError
-from .common import Command, metrics_json, one_point, point_options, print_metrics, write_table
+from .common import Command, check_output, metrics_json, one_point, point_options, print_metrics, write_table
 
 
 @click.command(cls=Command)
@@ -36,7 +36,7 @@ from .common import Command, metrics_json, one_point, point_options, print_metri
 @click.option("--dtype", type=click.Choice(["auto", "fp16", "bf16", "fp32"]), default="auto", show_default=True,
               help="dtype to run in; auto: the model's, except fp16 runs as bf16 on the CPU (fp16 is emulated there)")
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as one JSON object")
-@click.option("--timeline", type=click.Path(dir_okay=False), default=None,
+@click.option("--timeline", default=None,
               help="write the measured op timeline (.parquet or .csv)")
 def measure(scenario: str, policy: str | None, sets: tuple[str, ...], device: str, layers: int | None,
             repeats: int, warmup: int, dtype: str, as_json: bool, timeline: str | None) -> None:
@@ -47,8 +47,7 @@ def measure(scenario: str, policy: str | None, sets: tuple[str, ...], device: st
         raise UserError("hssim measure needs PyTorch; fix: pip install -e '.[hw]' (torch==2.13.0)") from None
     from ..hw.executor import ExecutorError, measure_point, scaled_point
 
-    if timeline and Path(timeline).suffix not in (".parquet", ".csv"):
-        raise UserError(f"{timeline}: unknown table format; fix: end the file name in .parquet or .csv")
+    check_output(timeline, "--timeline", suffixes=(".parquet", ".csv"))
     try:
         full = one_point(scenario, policy, sets)
         point = scaled_point(full, layers)

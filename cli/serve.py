@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -13,7 +12,8 @@ import click
 import pandas as pd
 
 from ..errors import UserError
-from .common import Group
+from ..sim.outfiles import atomic_path, exit_with_parent
+from .common import Group, check_output
 
 
 def _simulate(point):
@@ -27,16 +27,8 @@ def _simulate(point):
 
 
 def _write_text_atomic(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for reading
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
 
 
 def _print_table(df: pd.DataFrame) -> None:
@@ -73,15 +65,14 @@ def serve() -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--policy", default=None, help="only this policy kind or label (e.g. oneiros, vllm-swap)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object per point")
-@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
-              help="write results.csv and results.parquet here")
+@click.option("--out", "out_dir", default=None, help="write results.csv and results.parquet here")
 @click.option("--iterations", "with_iterations", is_flag=True,
               help="also write iterations.parquet to --out: one row per iteration (remapped layers over time)")
-@click.option("--markdown", "markdown", default=None, type=click.Path(dir_okay=False),
+@click.option("--markdown", "markdown", default=None,
               help="write the Markdown comparison table to this file")
-@click.option("--figures", "figures_dir", default=None, type=click.Path(file_okay=False),
+@click.option("--figures", "figures_dir", default=None,
               help="write remapping_over_time.png here: layers Oneiros remaps over time, one box per panel")
-@click.option("--jobs", "-j", type=int, default=1, show_default=True, help="worker processes")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True, help="worker processes")
 def run_cmd(files: tuple[str, ...], policy: str | None, as_json: bool, out_dir: str | None, with_iterations: bool,
             markdown: str | None, figures_dir: str | None, jobs: int) -> None:
     """Simulate every point of the serving scenario FILES (scenarios/serving/*.yaml)."""
@@ -93,8 +84,9 @@ def run_cmd(files: tuple[str, ...], policy: str | None, as_json: bool, out_dir: 
 
     if with_iterations and not out_dir:
         raise UserError("--iterations needs --out DIR; fix: add --out DIR")
-    if jobs < 1:
-        raise UserError(f"--jobs {jobs}: fix: give at least 1")
+    check_output(out_dir, "--out", kind="dir", contents=("results.csv", "results.parquet", "iterations.parquet"))
+    check_output(markdown, "--markdown", suffixes=(".md", ".markdown"))
+    check_output(figures_dir, "--figures", kind="dir", contents=("remapping_over_time.png",))
     try:
         points = load_serving_points(files)
     except ScenarioError as e:
@@ -108,7 +100,7 @@ def run_cmd(files: tuple[str, ...], policy: str | None, as_json: bool, out_dir: 
         if jobs == 1 or len(points) == 1:
             results = [_simulate(p) for p in points]
         else:
-            with ProcessPoolExecutor(max_workers=jobs) as pool:
+            with ProcessPoolExecutor(max_workers=jobs, initializer=exit_with_parent) as pool:
                 results = list(pool.map(_simulate, points))
     except ServingCapacityError as e:
         raise UserError(f"{', '.join(files)}: {e}; fix: raise gpu_kv_bytes or shorten the requests") from None
@@ -139,7 +131,7 @@ def run_cmd(files: tuple[str, ...], policy: str | None, as_json: bool, out_dir: 
 
 
 @serve.command("trace")
-@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="CSV file to write")
+@click.option("--out", "out_file", required=True, help="CSV file to write")
 @click.option("--requests", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--rate-rps", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
               help="mean Poisson arrivals per second")
@@ -157,6 +149,11 @@ def trace_cmd(out_file: str, requests: int, rate_rps: float, prompt_median: int,
 
     from ..sim.serving.workload import LengthDist, poisson_requests, write_trace
 
+    check_output(out_file, "--out", suffixes=(".csv",))
+    for what, median, most in (("prompt", prompt_median, prompt_max), ("output", output_median, output_max)):
+        if median > most:
+            raise UserError(f"--{what}-median {median} is above --{what}-max {most}: every length would be cut to "
+                            f"{most}; fix: give --{what}-max at least {median}")
     try:
         prompt = LengthDist(dist="lognormal", median=prompt_median, sigma=sigma, max=prompt_max)
         output = LengthDist(dist="lognormal", median=output_median, sigma=sigma, max=output_max)
