@@ -33,7 +33,7 @@ def _usage_error(e: click.UsageError) -> OneLineError:
     """One of click's own usage errors (bad option value, missing argument) in the project's form."""
     ctx = e.ctx
     where = ctx.command_path if ctx is not None else "hssim"
-    return OneLineError(f"{one_line(e.format_message(), 400)}; fix: see `{where} --help`")
+    return OneLineError(f"{one_line(e.format_message(), 400).rstrip('.')}; fix: see `{where} --help`")
 
 
 def _os_error(e: OSError) -> OneLineError:
@@ -168,14 +168,15 @@ def check_cluster(address: str | None) -> str | None:
     return address
 
 
-#: a point whose schedule may have more ops than this is refused unless the limit is raised
-#: (a built op takes some 100 bytes and a microsecond or more to replay)
-MAX_OPS = 50_000_000
+#: a point whose schedule may have more ops than this is refused unless the limit is raised: a
+#: built op takes some 260 bytes at its peak (tracemalloc, opt-30b on the T4 box), so 20 M ops are
+#: about 5 GB per point (the largest bundled point is under 1 M)
+MAX_OPS = 20_000_000
 #: ... and one with more than this is named in a warning
-WARN_OPS = 5_000_000
+WARN_OPS = 2_000_000
 
 
-def check_op_counts(points, max_ops: int = MAX_OPS, warn=None, flag: str = "--max-ops") -> None:
+def check_op_counts(points, source: str, max_ops: int = MAX_OPS, warn=None, flag: str = "--max-ops") -> None:
     """Refuse points whose schedules would exceed `max_ops` ops (estimated before building);
     call `warn(message)` once about those past `WARN_OPS`."""
     from ..sim.api import estimate_ops
@@ -185,8 +186,8 @@ def check_op_counts(points, max_ops: int = MAX_OPS, warn=None, flag: str = "--ma
     counts = [estimate_ops(p) for p in points]
     worst = max(range(len(points)), key=counts.__getitem__)
     p = points[worst]
-    what = (f"{p.scenario}: {p.policy.label}, {p.model.layers} layers x {p.workload.gen_len} steps x "
-            f"{p.policy.num_gpu_batches} GPU batches")
+    what = (f"{source}: model.layers x workload.gen_len x policy.num_gpu_batches ({p.model.layers} x "
+            f"{p.workload.gen_len} x {p.policy.num_gpu_batches}, {p.policy.label})")
     if counts[worst] > max_ops:
         raise UserError(f"{what}: up to {counts[worst]:.3g} ops, over the limit of {max_ops:.3g}; fix: lower gen_len, "
                         f"layers or num_gpu_batches, or raise the limit ({flag})")

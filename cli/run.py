@@ -48,7 +48,7 @@ def run(scenario: str, policy: str | None, sets: tuple[str, ...], as_json: bool,
         point = scaled_point(full, layers)
     except ValueError as e:
         raise UserError(f"{scenario}: {e}") from None
-    check_op_counts([point], max_ops, warn=lambda msg: click.echo(f"warning: {msg}", err=True))
+    check_op_counts([point], scenario, max_ops, warn=lambda msg: click.echo(f"warning: {msg}", err=True))
     try:
         pr = run_point(point, engine=engine)
     except MemoryPlanError as e:
@@ -79,7 +79,7 @@ def schedule(scenario: str, policy: str | None, sets: tuple[str, ...], max_ops: 
     from ..sim.policies import build_schedule
 
     point = one_point(scenario, policy, sets)
-    check_op_counts([point], max_ops, warn=lambda msg: click.echo(f"warning: {msg}", err=True))
+    check_op_counts([point], scenario, max_ops, warn=lambda msg: click.echo(f"warning: {msg}", err=True))
     try:  # the memory plan is checked before a single op is built
         sched = build_schedule(point, check_memory=True)
     except MemoryPlanError as e:

@@ -43,9 +43,9 @@ def sweep(files: tuple[str, ...], out_dir: str, jobs: int | None, cluster: str |
 
     out = check_output(out_dir, "--out", kind="dir", contents=SWEEP_FILES)
     cluster = check_cluster(cluster)
-    points = load_points(files, max_points=max_points)
     console = Console(stderr=True)
-    check_op_counts(points, max_ops, warn=lambda msg: console.print(f"warning: {msg}"))
+    points = load_points(files, max_points=max_points, each=lambda path, pts: check_op_counts(
+        pts, path, max_ops, warn=lambda msg: console.print(f"warning: {msg}")))
     with FolderLock(out):
         if cluster and cluster != "local":
             check_reachable(cluster)  # before --fresh forgets anything

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -328,8 +328,10 @@ def points_from_mapping(data: Mapping, source: str, default_name: str,
     return points
 
 
-def load_points(paths: Iterable[str | Path], max_points: int | None = MAX_POINTS) -> list[PointSpec]:
-    """All points of all scenario files, in file order; at most `max_points` in all (None: no bound)."""
+def load_points(paths: Iterable[str | Path], max_points: int | None = MAX_POINTS,
+                each: Callable[[str, list[PointSpec]], None] | None = None) -> list[PointSpec]:
+    """All points of all scenario files, in file order; at most `max_points` in all (None: no bound).
+    `each(path, points)` is called with each file's points as it is read (to check them)."""
     points: list[PointSpec] = []
     for p in paths:
         path = Path(p)
@@ -337,5 +339,8 @@ def load_points(paths: Iterable[str | Path], max_points: int | None = MAX_POINTS
         if left is not None and left <= 0:
             raise ScenarioError(str(path), "sweep", f"the files before it already hold {len(points)} points, the "
                                 "limit", "run fewer files at once, or raise the limit (--max-points)")
-        points += points_from_mapping(load_yaml(path), str(path), path.stem, left)
+        file_points = points_from_mapping(load_yaml(path), str(path), path.stem, left)
+        if each is not None:
+            each(str(path), file_points)
+        points += file_points
     return points

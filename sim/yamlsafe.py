@@ -67,6 +67,10 @@ def read_text(path: Path, what: str = "file", fix: str = "check the path") -> st
     return text.removeprefix("\ufeff")
 
 
+class _TooLarge(yaml.composer.ComposerError):
+    """A document past the bounds on nesting or alias expansion."""
+
+
 class BoundedLoader(yaml.SafeLoader):
     """PyYAML's safe loader with plain, unique keys and nesting limited while composing."""
 
@@ -78,8 +82,7 @@ class BoundedLoader(yaml.SafeLoader):
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
-                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
-                                                  self.peek_event().start_mark)
+                raise _TooLarge(None, None, f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark)
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -116,11 +119,10 @@ def _check_size(node: yaml.Node) -> None:
             size, height = memo[key]
         else:
             if key in busy:
-                raise yaml.composer.ComposerError(None, None, "an alias refers to the node that holds it",
-                                                  n.start_mark)
+                raise _TooLarge(None, None, "an alias refers to the node that holds it", n.start_mark)
             if depth > MAX_DEPTH:
-                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels "
-                                                  "once its aliases are expanded", n.start_mark)
+                raise _TooLarge(None, None, f"nested deeper than {MAX_DEPTH} levels once its aliases are expanded",
+                                n.start_mark)
             busy.add(key)
             size, height = 1, 1
             if isinstance(n, yaml.SequenceNode):
@@ -138,11 +140,10 @@ def _check_size(node: yaml.Node) -> None:
             busy.discard(key)
             memo[key] = (size, height)
         if size > MAX_NODES:
-            raise yaml.composer.ComposerError(None, None, f"more than {MAX_NODES} values once its aliases are "
-                                              "expanded", n.start_mark)
+            raise _TooLarge(None, None, f"more than {MAX_NODES} values once its aliases are expanded", n.start_mark)
         if depth + height - 1 > MAX_DEPTH:
-            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels once its "
-                                              "aliases are expanded", n.start_mark)
+            raise _TooLarge(None, None, f"nested deeper than {MAX_DEPTH} levels once its aliases are expanded",
+                            n.start_mark)
         return size, height
 
     walk(node, 1)
@@ -152,7 +153,8 @@ def _yaml_problem(e: Exception) -> tuple[str, str]:
     """(where, what) of a YAML error, each on one line."""
     mark = getattr(e, "problem_mark", None)
     if isinstance(e, yaml.reader.ReaderError):
-        return f"character {e.position}", one_line(f"special character {e.character!r} is not allowed")
+        code = e.character if isinstance(e.character, int) else ord(e.character)
+        return f"character {e.position}", f"special character U+{code:04X} is not allowed"
     where = f"line {mark.line + 1}" if mark is not None else "file"
     problem = getattr(e, "problem", None) or getattr(e, "context", None) or str(e)
     return where, one_line(problem)
@@ -160,8 +162,9 @@ def _yaml_problem(e: Exception) -> tuple[str, str]:
 
 def parse_yaml(text: str, source: str, field: str = "file") -> Any:
     """The value of one YAML document, bounded as this module says; ScenarioError otherwise."""
-    loader = BoundedLoader(text)
+    loader = None
     try:
+        loader = BoundedLoader(text)
         node = loader.get_single_node()
         if node is None:
             return None
@@ -170,14 +173,17 @@ def parse_yaml(text: str, source: str, field: str = "file") -> Any:
     except yaml.YAMLError as e:
         where, what = _yaml_problem(e)
         where = where if field == "file" else f"{field} ({where})"
-        raise ScenarioError(source, where, f"not valid YAML ({what})", "fix the YAML syntax") from None
+        fix = ("write the values out plainly, with fewer nested aliases and levels" if isinstance(e, _TooLarge)
+               else "fix the YAML syntax")
+        raise ScenarioError(source, where, f"not valid YAML ({what})", fix) from None
     except RecursionError:
         raise ScenarioError(source, field, f"nested too deeply to read (over {MAX_DEPTH} levels)",
                             "flatten the YAML") from None
     except (ValueError, TypeError, OverflowError) as e:  # a constructor's own conversion (e.g. a date)
         raise ScenarioError(source, field, f"not valid YAML ({one_line(e)})", "fix the value") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def load_yaml_file(path: Path, what: str = "file") -> Any:

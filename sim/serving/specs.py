@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from ..specs import HardwareSpec, ModelSpec, Spec
+from ..specs import MAX_BYTES, MAX_COUNT, MAX_TOKENS, HardwareSpec, Int, ModelSpec, Real, Spec
 from .paged import KVPool, physical_kv_bytes
 from .policies import ServingPolicySpec
 from .workload import ServingWorkload
@@ -13,10 +13,12 @@ from .workload import ServingWorkload
 class ServingEngineSpec(Spec):
     """vLLM-like engine settings (defaults are vLLM's where it has one)."""
 
-    block_tokens: int = Field(default=16, gt=0, description="tokens per KV block")
-    max_batched_tokens: int = Field(default=2048, gt=0, description="tokens per iteration (chunked prefill)")
-    max_running: int = Field(default=256, gt=0, description="most requests holding KV at once (max_num_seqs)")
-    watermark: float = Field(default=0.01, ge=0, lt=1, description="fraction of blocks kept free at admission")
+    block_tokens: Int = Field(default=16, gt=0, le=MAX_COUNT, description="tokens per KV block")
+    max_batched_tokens: Int = Field(default=2048, gt=0, le=MAX_TOKENS,
+                                    description="tokens per iteration (chunked prefill)")
+    max_running: Int = Field(default=256, gt=0, le=MAX_COUNT,
+                             description="most requests holding KV at once (max_num_seqs)")
+    watermark: Real = Field(default=0.01, ge=0, lt=1, description="fraction of blocks kept free at admission")
 
 
 class ServingPoint(Spec):
@@ -32,7 +34,7 @@ class ServingPoint(Spec):
     workload: ServingWorkload
     engine: ServingEngineSpec = ServingEngineSpec()
     policy: ServingPolicySpec
-    gpu_kv_bytes: int | None = Field(default=None, gt=0)
+    gpu_kv_bytes: Int | None = Field(default=None, gt=0, le=MAX_BYTES)
 
     @model_validator(mode="after")
     def _check_memory(self) -> ServingPoint:
