@@ -21,6 +21,7 @@ Every problem is a `ScenarioError` naming the file, the field and the fix.
 from __future__ import annotations
 
 import difflib
+import functools
 import itertools
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -151,6 +152,7 @@ def count_points(data: Mapping) -> int:
     return n
 
 
+@functools.cache
 def _field_adapter(cls, name: str):
     from pydantic import TypeAdapter
 
@@ -287,17 +289,30 @@ def points_from_mapping(data: Mapping, source: str, default_name: str,
     model_of = _resolver(source, "model", MODELS, ModelSpec)
     hardware_of = _resolver(source, "hardware", HARDWARE, HardwareSpec)
     points: list[PointSpec] = []
-    seen: set[str] = set()
+    seen: set[tuple[str, str, str, str]] = set()
     names = [a for a, _ in axes]
+    # distinct values are validated once: a sweep repeats each of them many times
+    workloads: dict[str, WorkloadSpec] = {}
+    policy_cache: dict[tuple[int, str], PolicySpec] = {}
+    json_of: dict[int, str] = {}
+
+    def as_json(spec) -> str:  # specs are cached, so one dump per distinct object
+        if id(spec) not in json_of:
+            json_of[id(spec)] = spec.model_dump_json()
+        return json_of[id(spec)]
+
     for combo in itertools.product(*[v for _, v in axes]) if axes else [()]:
         chosen = dict(zip(names, combo, strict=True))
         model = model_of(chosen.get("model", data["model"]))
         hardware = hardware_of(chosen.get("hardware", data["hardware"]))
         wl_values = {**wl, **{a.split(".", 1)[1]: v for a, v in chosen.items() if a.startswith("workload.")}}
-        try:
-            workload = WorkloadSpec.model_validate(wl_values)
-        except ValidationError as e:
-            raise pydantic_error(source, "workload", e) from None
+        wl_key = repr(sorted(wl_values.items(), key=lambda kv: str(kv[0])))
+        workload = workloads.get(wl_key)
+        if workload is None:
+            try:
+                workload = workloads[wl_key] = WorkloadSpec.model_validate(wl_values)
+            except ValidationError as e:
+                raise pydantic_error(source, "workload", e) from None
         positions = workload.prompt_len + workload.gen_len - 1  # the last token is generated, never fed in
         if positions > model.max_positions:
             swept = any(a.startswith("workload.") for a in chosen)
@@ -310,10 +325,16 @@ def points_from_mapping(data: Mapping, source: str, default_name: str,
             field = f"policies[{idx}]"
             over = {a.split(".", 1)[1]: v for a, v in chosen.items()
                     if a.startswith("policy.") and a.split(".", 1)[1] in reads}
-            try:
-                policy = PolicySpec.model_validate({**merged, **over})
-            except ValidationError as e:
-                raise pydantic_error(source, f"{field} (with the sweep's values)", e) from None
+            pol_key = (idx, repr(over))
+            policy = policy_cache.get(pol_key)
+            if policy is None:
+                try:
+                    policy = policy_cache[pol_key] = PolicySpec.model_validate({**merged, **over})
+                except ValidationError as e:
+                    raise pydantic_error(source, f"{field} (with the sweep's values)", e) from None
+            key = (as_json(model), as_json(hardware), as_json(workload), as_json(policy))
+            if key in seen:  # an axis a policy does not read yields the same point
+                continue
             try:
                 point = PointSpec(scenario=name, model=model, hardware=hardware, workload=workload, policy=policy)
             except ValidationError as e:
@@ -321,10 +342,8 @@ def points_from_mapping(data: Mapping, source: str, default_name: str,
                 msg = first["msg"].removeprefix("Value error, ")
                 raise ScenarioError(source, f"{field} with workload", msg,
                                     "make gpu_batch_size x num_gpu_batches equal workload.batch") from None
-            key = point.model_dump_json()
-            if key not in seen:  # an axis a policy does not read yields the same point
-                seen.add(key)
-                points.append(point)
+            seen.add(key)
+            points.append(point)
     return points
 
 
