@@ -92,6 +92,16 @@ class Group(click.Group):
 
 Group.group_class = Group
 
+
+class FiniteFloat(click.FloatRange):
+    """A float option in a range, refusing nan and inf (click's FloatRange lets nan through)."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
+
 #: places no output may go, whatever the links say
 _SYSTEM_DIRS = (Path("/proc"), Path("/sys"), Path("/dev"))
 

@@ -13,7 +13,9 @@ import pandas as pd
 
 from ..errors import UserError
 from ..sim.outfiles import atomic_path, exit_with_parent
-from .common import Group, check_output
+from ..sim.serving.workload import MAX_RATE_RPS, MAX_REQUESTS, MIN_RATE_RPS
+from ..sim.specs import MAX_TOKENS
+from .common import FiniteFloat, Group, check_output
 
 
 def _simulate(point):
@@ -132,16 +134,16 @@ def run_cmd(files: tuple[str, ...], policy: str | None, as_json: bool, out_dir: 
 
 @serve.command("trace")
 @click.option("--out", "out_file", required=True, help="CSV file to write")
-@click.option("--requests", type=click.IntRange(min=1), default=200, show_default=True)
-@click.option("--rate-rps", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
+@click.option("--requests", type=click.IntRange(min=1, max=MAX_REQUESTS), default=200, show_default=True)
+@click.option("--rate-rps", type=FiniteFloat(min=MIN_RATE_RPS, max=MAX_RATE_RPS), default=2.0, show_default=True,
               help="mean Poisson arrivals per second")
-@click.option("--prompt-median", type=click.IntRange(min=1), default=512, show_default=True)
-@click.option("--prompt-max", type=click.IntRange(min=1), default=1536, show_default=True)
-@click.option("--output-median", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--output-max", type=click.IntRange(min=1), default=512, show_default=True)
-@click.option("--sigma", type=click.FloatRange(min=0), default=0.6, show_default=True,
+@click.option("--prompt-median", type=click.IntRange(min=1, max=MAX_TOKENS), default=512, show_default=True)
+@click.option("--prompt-max", type=click.IntRange(min=1, max=MAX_TOKENS), default=1536, show_default=True)
+@click.option("--output-median", type=click.IntRange(min=1, max=MAX_TOKENS), default=128, show_default=True)
+@click.option("--output-max", type=click.IntRange(min=1, max=MAX_TOKENS), default=512, show_default=True)
+@click.option("--sigma", type=FiniteFloat(min=0, max=10), default=0.6, show_default=True,
               help="log-normal sigma of both lengths (0: every request has the median lengths)")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=0, show_default=True)
 def trace_cmd(out_file: str, requests: int, rate_rps: float, prompt_median: int, prompt_max: int,
               output_median: int, output_max: int, sigma: float, seed: int) -> None:
     """Write a synthetic trace (arrival_s,prompt_len,output_len): Poisson arrivals, log-normal lengths."""

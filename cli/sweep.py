@@ -46,9 +46,9 @@ def sweep(files: tuple[str, ...], out_dir: str, jobs: int | None, cluster: str |
     console = Console(stderr=True)
     points = load_points(files, max_points=max_points, each=lambda path, pts: check_op_counts(
         pts, path, max_ops, warn=lambda msg: console.print(f"warning: {msg}")))
+    if cluster and cluster != "local":
+        check_reachable(cluster)  # before --fresh forgets anything, and before the folder is made
     with FolderLock(out):
-        if cluster and cluster != "local":
-            check_reachable(cluster)  # before --fresh forgets anything
         where = f"Dask cluster {cluster}" if cluster else f"{jobs or 'all'} local cores"
         console.print(f"hssim sweep: {len(points)} points from {len(files)} file(s) on {where}, out: {out}")
         with _local_cluster(cluster, jobs) as address:

@@ -89,10 +89,12 @@ class FolderLock:
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         self.fd: int | None = None
+        self.created = False
 
     def __enter__(self) -> FolderLock:
         import fcntl
 
+        self.created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / LOCK_NAME
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -101,6 +103,7 @@ class FolderLock:
         except OSError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
+            self._remove_if_unused()
             raise UserError(f"{self.folder}: another hssim sweep (pid {holder}) is writing to this folder; fix: "
                             "wait for it to finish, or give this one another --out") from None
         os.ftruncate(fd, 0)
@@ -108,10 +111,23 @@ class FolderLock:
         self.fd = fd
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         if self.fd is not None:
+            if exc_type is not None:  # a sweep that failed before writing anything leaves no folder
+                self._remove_if_unused()
             os.close(self.fd)  # closing releases the flock; the file stays (removing it would race)
             self.fd = None
+
+    def _remove_if_unused(self) -> None:
+        """Remove a folder this lock created if nothing but the lock is in it."""
+        if not self.created:
+            return
+        try:
+            if [e.name for e in os.scandir(self.folder)] == [LOCK_NAME]:
+                os.unlink(self.folder / LOCK_NAME)
+                self.folder.rmdir()
+        except OSError:
+            pass
 
 
 def exit_with_parent() -> None:

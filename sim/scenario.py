@@ -119,6 +119,9 @@ def _hardware_from_profile(source: str, field: str, name: str) -> HardwareSpec |
                             "name a hardware preset or a profile written by `hssim validate`") from None
     except ValidationError as e:
         raise pydantic_error(str(path), "hardware", e) from None
+    except (ValueError, TypeError, KeyError, ArithmeticError) as e:
+        raise ScenarioError(source, field, f"{path}: not a usable hssim profile ({one_line(e, 80)})",
+                            "name a hardware preset or a profile written by `hssim validate`") from None
     return spec.model_copy(update={"profile": str(Path(path).resolve())})
 
 

@@ -170,6 +170,12 @@ def _cli_cases(tmp: Path) -> list[tuple[list, str]]:
         (["serve", "trace", "--out", tmp / "afile" / "t.csv"], "--out"),
         (["serve", "trace", "--out", tmp / "t.csv", "--prompt-median", "5000", "--prompt-max", "10"],
          "--prompt-median"),
+        (["serve", "trace", "--out", tmp / "t.csv", "--rate-rps", "nan"], "--rate-rps"),
+        (["serve", "trace", "--out", tmp / "t.csv", "--rate-rps", "inf"], "--rate-rps"),
+        (["serve", "trace", "--out", tmp / "t.csv", "--sigma", "inf"], "--sigma"),
+        (["serve", "trace", "--out", tmp / "t.csv", "--seed", "-1"], "--seed"),
+        (["serve", "trace", "--out", tmp / "t.csv", "--requests", "1000000000"], "--requests"),
+        (["serve", "trace", "--out", tmp / "t.txt"], "--out"),
         (["serve", "run", serving, "--markdown", tmp], "--markdown"),
         (["serve", "run", serving, "--markdown", "/dev/null"], "--markdown"),
         (["serve", "run", serving, "--out", tmp / "afile"], "--out"),
@@ -351,6 +357,9 @@ def test_fresh_with_an_unreachable_cluster_keeps_the_journal(tmp_path):
         port = s.getsockname()[1]
     _one_line(_invoke("sweep", scen, "--out", out, "--fresh", "--cluster", f"tcp://127.0.0.1:{port}"), "--cluster")
     assert (out / JOURNAL).read_text() == '{"point_key": "x", "status": "ok"}\n'
+    new = tmp_path / "new"
+    _one_line(_invoke("sweep", scen, "--out", new, "--cluster", f"tcp://127.0.0.1:{port}"), "--cluster")
+    assert not new.exists()
 
 
 # ------------------------------------------------------------------------------- strays
