@@ -102,6 +102,7 @@ class FiniteFloat(click.FloatRange):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return rv
 
+
 #: places no output may go, whatever the links say
 _SYSTEM_DIRS = (Path("/proc"), Path("/sys"), Path("/dev"))
 

@@ -12,7 +12,7 @@ import click
 import pandas as pd
 
 from ..errors import UserError
-from ..sim.outfiles import atomic_path, exit_with_parent
+from ..sim.outfiles import atomic_path, worker_setup
 from ..sim.serving.workload import MAX_RATE_RPS, MAX_REQUESTS, MIN_RATE_RPS
 from ..sim.specs import MAX_TOKENS
 from .common import FiniteFloat, Group, check_output
@@ -102,7 +102,7 @@ def run_cmd(files: tuple[str, ...], policy: str | None, as_json: bool, out_dir: 
         if jobs == 1 or len(points) == 1:
             results = [_simulate(p) for p in points]
         else:
-            with ProcessPoolExecutor(max_workers=jobs, initializer=exit_with_parent) as pool:
+            with ProcessPoolExecutor(max_workers=jobs, initializer=worker_setup) as pool:
                 results = list(pool.map(_simulate, points))
     except ServingCapacityError as e:
         raise UserError(f"{', '.join(files)}: {e}; fix: raise gpu_kv_bytes or shorten the requests") from None

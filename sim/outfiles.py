@@ -7,7 +7,8 @@ and worker processes that do not outlive the process that started them.
   writer (the PID in its name) is gone, or, for names without a PID, one older than a minute.
 - `FolderLock(folder)`: an exclusive `flock` on `FOLDER/.hssim.lock` while a sweep writes there;
   a second sweep on the same folder is refused at once with a one-line error.
-- `exit_with_parent()`: a worker asks the kernel to kill it when its parent dies
+- `worker_setup()`, `exit_with_parent()`: a worker closes the locks it inherited and asks the
+  kernel to kill it when its parent dies
   (Linux `prctl(PR_SET_PDEATHSIG)`), else watches its parent from a thread.
 """
 
@@ -26,6 +27,9 @@ from pathlib import Path
 from ..errors import UserError
 
 LOCK_NAME = ".hssim.lock"
+#: descriptors of the folder locks this process holds; a forked worker closes its copies
+#: (`worker_setup`), or a killed sweep's workers would keep the folder locked while they exit
+_LOCK_FDS: set[int] = set()
 #: a temporary without a writer's PID in its name is stale once this old
 STALE_TMP_S = 60.0
 
@@ -109,12 +113,14 @@ class FolderLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
+        _LOCK_FDS.add(fd)
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
         if self.fd is not None:
             if exc_type is not None:  # a sweep that failed before writing anything leaves no folder
                 self._remove_if_unused()
+            _LOCK_FDS.discard(self.fd)
             os.close(self.fd)  # closing releases the flock; the file stays (removing it would race)
             self.fd = None
 
@@ -128,6 +134,16 @@ class FolderLock:
                 self.folder.rmdir()
         except OSError:
             pass
+
+
+def worker_setup() -> None:
+    """What every worker process of hssim runs first: close the folder locks a fork copied from
+    the parent (they are the parent's), and end when the parent ends."""
+    for fd in list(_LOCK_FDS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _LOCK_FDS.clear()
+    exit_with_parent()
 
 
 def exit_with_parent() -> None:

@@ -27,7 +27,7 @@ import pandas as pd
 from ..errors import ClusterUnreachable
 from .api import POINT_COLUMNS, point_key, result_row, run_point
 from .memory import MemoryPlanError
-from .outfiles import atomic_path, exit_with_parent
+from .outfiles import atomic_path, worker_setup
 from .specs import PointSpec
 
 #: columns that identify a workload point across policies (the ranking groups on them)
@@ -105,7 +105,7 @@ def _ignore_sigint() -> None:
     """Workers leave Ctrl-C to the parent, which stops them (a terminal sends it to the whole group),
     and end when the parent ends, however it ends (SIGKILL included)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    exit_with_parent()
+    worker_setup()
 
 
 def _run_pool(todo: list[PointSpec], jobs: int, emit: Callable[[dict], None]) -> list[PointSpec]:

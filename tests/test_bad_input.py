@@ -325,6 +325,25 @@ def test_a_second_sweep_on_a_locked_folder_is_refused(tmp_path):
     assert res.exit_code == 0, res.output
 
 
+def test_a_sweeps_workers_do_not_hold_its_folder_lock(tmp_path):
+    """A forked worker closes its copy of the lock: a killed sweep's folder is free once the sweep is gone."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from hssim.sim.outfiles import FolderLock
+    from hssim.sim.sweep import _ignore_sigint
+
+    lock = FolderLock(tmp_path).__enter__()
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"), initializer=_ignore_sigint)
+    try:
+        assert pool.submit(os.getpid).result() != os.getpid()  # forked while the lock is held
+        lock.__exit__(None, None, None)
+        with FolderLock(tmp_path):
+            pass
+    finally:
+        pool.shutdown()
+
+
 def test_tables_hold_every_row_of_the_journal(tmp_path):
     from hssim.sim.sweep import JOURNAL, Journal
 
