@@ -232,6 +232,39 @@ def test_broken_trace_is_one_line(tmp_path, name):
     _one_line(_invoke("serve", "run", scen), str(trace), needle)
 
 
+SERVING = """\
+model: {preset: opt-1.3b, layers: 2}
+hardware: rtx4090-pcie4
+workload: {requests: 10, rate_rps: 1.0, prompt_len: 64, output_len: 8}
+policies: [{kind: vllm-swap}]
+"""
+
+SERVING_CASES = {
+    "rate inf": (SERVING.replace("rate_rps: 1.0", "rate_rps: .inf"), "workload.rate_rps"),
+    "requests true": (SERVING.replace("requests: 10", "requests: true"), "workload.requests"),
+    "requests 1e12": (SERVING.replace("requests: 10", "requests: 1000000000000"), "workload.requests"),
+    "median above max": (SERVING.replace("prompt_len: 64", "prompt_len: {dist: lognormal, median: 5000, max: 10}"),
+                         "workload.prompt_len"),
+    "watermark nan": (SERVING + "engine: {watermark: .nan}\n", "engine.watermark"),
+    "block_tokens 9e18": (SERVING + "engine: {block_tokens: 9000000000000000000}\n", "engine.block_tokens"),
+    "gpu_kv_bytes inf": (SERVING + "gpu_kv_bytes: .inf\n", "gpu_kv_bytes"),
+    "laughs": (LAUGHS + SERVING.replace("requests: 10", "requests: *l6"), "aliases"),
+    "trace is a device": (SERVING.replace("{requests: 10, rate_rps: 1.0, prompt_len: 64, output_len: 8}",
+                                          "{trace: /dev/zero}"), "not a regular file"),
+}
+
+
+@pytest.mark.parametrize("name", list(SERVING_CASES))
+def test_broken_serving_scenario_is_one_line(tmp_path, name):
+    text, needle = SERVING_CASES[name]
+    scen = tmp_path / "s.yaml"
+    scen.write_text(text)
+    out = tmp_path / "out"
+    named = "/dev/zero" if name == "trace is a device" else str(scen)
+    _one_line(_invoke("serve", "run", scen, "--out", out), named, needle)
+    assert not out.exists()
+
+
 def test_trace_with_spaces_and_bom_reads_like_a_plain_one(tmp_path):
     from hssim.sim.serving.workload import read_trace
 

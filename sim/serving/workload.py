@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,6 +25,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
+from ..outfiles import atomic_path
 from ..scenario import ScenarioError
 from ..specs import MAX_TOKENS, Int, Real, Spec
 from ..yamlsafe import one_line, read_text
@@ -72,6 +71,9 @@ class LengthDist(Spec):
             raise ValueError("a lognormal length needs 'median' and 'max' (and optionally sigma, min)")
         if self.max is not None and self.max < self.min:
             raise ValueError(f"max ({self.max}) is below min ({self.min})")
+        if self.dist == "lognormal" and not self.min <= self.median <= self.max:
+            raise ValueError(f"median ({self.median:g}) is outside min..max ({self.min}..{self.max}): most "
+                             "lengths would be cut to the bound")
         return self
 
     @property
@@ -178,18 +180,11 @@ def read_trace(path: Path) -> list[Request]:
 
 def write_trace(requests: list[Request], path: Path) -> None:
     """Write requests as a trace CSV, atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(TRACE_COLUMNS)
-            for r in requests:
-                w.writerow([f"{r.arrival_s:.6f}", r.prompt_len, r.output_len])
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(TRACE_COLUMNS)
+        for r in requests:
+            w.writerow([f"{r.arrival_s:.6f}", r.prompt_len, r.output_len])
 
 
 def workload_requests(workload: ServingWorkload, base_dir: Path | None = None) -> list[Request]:
