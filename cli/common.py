@@ -7,14 +7,17 @@ into `error: MESSAGE` on stderr with exit status 2 and no traceback, for every c
 from __future__ import annotations
 
 import math
+import os
+import re
+import tempfile
 from pathlib import Path
 
 import click
-import yaml
 
 from ..errors import UserError
-from ..sim.scenario import load_yaml, points_from_mapping
+from ..sim.scenario import MAX_POINTS, load_yaml, points_from_mapping
 from ..sim.specs import PointSpec
+from ..sim.yamlsafe import one_line, parse_yaml
 
 
 class OneLineError(click.ClickException):
@@ -23,41 +26,200 @@ class OneLineError(click.ClickException):
     exit_code = 2
 
     def show(self, file=None) -> None:
-        click.echo(f"error: {self.message}", err=True)
+        click.echo(f"error: {one_line(self.message, 2000)}", err=True)
+
+
+def _usage_error(e: click.UsageError) -> OneLineError:
+    """One of click's own usage errors (bad option value, missing argument) in the project's form."""
+    ctx = e.ctx
+    where = ctx.command_path if ctx is not None else "hssim"
+    return OneLineError(f"{one_line(e.format_message(), 400).rstrip('.')}; fix: see `{where} --help`")
+
+
+def _os_error(e: OSError) -> OneLineError:
+    what = e.filename or "a file"
+    return OneLineError(f"{what}: {e.strerror or type(e).__name__}; fix: check the path, its permissions "
+                        "and the free space")
 
 
 class Command(click.Command):
-    """A command whose `UserError`s print as one line with exit status 2."""
+    """A command whose `UserError`s (and click's usage errors) print as one line with exit status 2."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            raise _usage_error(e) from None
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except UserError as e:
             raise OneLineError(str(e)) from None
+        except click.UsageError as e:
+            raise _usage_error(e) from None
+        except OSError as e:
+            raise _os_error(e) from None
 
 
 class Group(click.Group):
-    """A group whose commands (and its own callback) report `UserError`s as `Command` does."""
+    """A group whose commands (and its own callback) report errors as `Command` does."""
 
     command_class = Command
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            raise _usage_error(e) from None
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except UserError as e:
             raise OneLineError(str(e)) from None
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            raise _usage_error(e) from None
+        except OSError as e:
+            raise _os_error(e) from None
 
 
 Group.group_class = Group
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option in a range, refusing nan and inf (click's FloatRange lets nan through)."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
+
+
+#: places no output may go, whatever the links say
+_SYSTEM_DIRS = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+def _probe_writable(folder: Path) -> str | None:
+    """None if a file can be created in `folder` (tried, then removed), else why not."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".hssim-probe.", suffix=".tmp")
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    os.close(fd)
+    os.unlink(tmp)
+    return None
+
+
+def check_output(path: str | Path | None, option: str, kind: str = "file",
+                 suffixes: tuple[str, ...] = (), contents: tuple[str, ...] = ()) -> Path | None:
+    """Check, before any work, that an output can be written; return it as a Path (None stays None).
+
+    kind "file": a regular file (or a new one) whose name ends in one of `suffixes`;
+    kind "dir": a folder (or a new one), whose `contents` (file names it will write) are not folders.
+    Refused: an empty name, anything under /proc, /sys or /dev (so /dev/null too), a path under a
+    file, an existing thing of the other kind or not a regular file, a folder that cannot be written.
+    """
+    if path is None:
+        return None
+    text = str(path)
+    if not text.strip():
+        raise UserError(f"{option} '': an empty path; fix: give a {'folder' if kind == 'dir' else 'file'} name")
+    p = Path(text).expanduser()
+    real = Path(os.path.realpath(p))
+    for system in _SYSTEM_DIRS:
+        if real == system or system in real.parents:
+            raise UserError(f"{option} {text}: {system} is the system's, not a place for results; "
+                            "fix: write under your own folder")
+    if kind == "file":
+        if suffixes and p.suffix.lower() not in suffixes:
+            raise UserError(f"{option} {text}: unknown file type '{p.suffix}'; fix: end the name in "
+                            f"{' or '.join(suffixes)}")
+        if real.exists() and not real.is_file():
+            what = "a folder" if real.is_dir() else "not a regular file"
+            raise UserError(f"{option} {text}: {what}; fix: name a new or regular file")
+        parent = real.parent
+    else:
+        if real.exists() and not real.is_dir():
+            raise UserError(f"{option} {text}: a file, not a folder; fix: name a folder (new or existing)")
+        for name in contents:
+            inside = real / name
+            if inside.exists() and not inside.is_file():
+                raise UserError(f"{option} {text}: {name} inside it is not a regular file; fix: move it away or "
+                                "use another folder")
+        parent = real
+    existing = parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{option} {text}: {existing} is a file, so nothing can be created under it; fix: "
+                        "choose a path under a folder")
+    why = _probe_writable(existing)
+    if why is not None:
+        raise UserError(f"{option} {text}: cannot write in {existing} ({why}); fix: choose a folder you can "
+                        "write")
+    return p
+
+
+def check_cluster(address: str | None) -> str | None:
+    """`--cluster`: None, `local`, or a tcp://host:port address (checked here, not when first used)."""
+    if address is None or address == "local":
+        return address
+    m = re.fullmatch(r"(tcp|tls)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})", address)
+    if m is None or not 0 < int(m.group(3)) < 65536:
+        raise UserError(f"--cluster {one_line(address, 80)}: not a Dask scheduler address; fix: write "
+                        "tcp://HOST:PORT (e.g. tcp://127.0.0.1:8786) or 'local'")
+    return address
+
+
+#: a point whose schedule may have more ops than this is refused unless the limit is raised: a
+#: built op takes some 260 bytes at its peak (tracemalloc, opt-30b on the T4 box), so 20 M ops are
+#: about 5 GB per point (the largest bundled point is under 1 M)
+MAX_OPS = 20_000_000
+#: ... and one with more than this is named in a warning
+WARN_OPS = 2_000_000
+
+
+def check_op_counts(points, source: str, max_ops: int = MAX_OPS, warn=None, flag: str = "--max-ops") -> None:
+    """Refuse points whose schedules would exceed `max_ops` ops (estimated before building);
+    call `warn(message)` once about those past `WARN_OPS`."""
+    from ..sim.api import estimate_ops
+
+    if not points:
+        return
+    counts = [estimate_ops(p) for p in points]
+    worst = max(range(len(points)), key=counts.__getitem__)
+    p = points[worst]
+    what = (f"{source}: model.layers x workload.gen_len x policy.num_gpu_batches ({p.model.layers} x "
+            f"{p.workload.gen_len} x {p.policy.num_gpu_batches}, {p.policy.label})")
+    if counts[worst] > max_ops:
+        raise UserError(f"{what}: up to {counts[worst]:.3g} ops, over the limit of {max_ops:.3g}; fix: lower gen_len, "
+                        f"layers or num_gpu_batches, or raise the limit ({flag})")
+    big = sum(c > WARN_OPS for c in counts)
+    if big and warn is not None:
+        warn(f"{big} point(s) have schedules of over {WARN_OPS:.0e} ops (largest: {what}, up to "
+             f"{counts[worst]:.3g}); they take long and much memory")
 
 
 def _parse_sets(sets: tuple[str, ...]) -> dict[str, object]:
     out = {}
     for item in sets:
         key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise UserError(f"--set {item}: expected KEY=VALUE, e.g. --set workload.prompt_len=512")
-        out[key.strip()] = yaml.safe_load(value)
+        if not eq or not key.strip():
+            raise UserError(f"--set {one_line(item, 80)}: expected KEY=VALUE; fix: write e.g. "
+                            "--set workload.prompt_len=512")
+        try:
+            out[key.strip()] = parse_yaml(value, f"--set {key.strip()}", "value")
+        except UserError as e:
+            raise UserError(f"--set {one_line(item, 80)}: not a valid value ({getattr(e, 'message', e)}); fix: "
+                            "write a number, a word or a [list] (quote text with ':' or '#')") from None
     return out
 
 
@@ -65,10 +227,15 @@ def select_points(path: str, policy: str | None, sets: tuple[str, ...]) -> list[
     """The points of one scenario file, narrowed by --policy and --set."""
     data = load_yaml(Path(path))
     overrides = _parse_sets(sets)
-    if overrides:
+    if overrides and isinstance(data.get("sweep") or {}, dict):
         sweep = dict(data.get("sweep") or {})
         sweep.update({k: [v] for k, v in overrides.items()})
         data = {**data, "sweep": sweep}
+    from ..sim.scenario import count_points
+
+    if count_points(data) > MAX_POINTS:
+        raise UserError(f"{path}: the scenario has {count_points(data)} points; fix: narrow it to one with "
+                        f"--policy and --set AXIS=VALUE (axes: {', '.join(map(str, data.get('sweep') or {}))})")
     points = points_from_mapping(data, path, Path(path).stem)
     if policy:
         by_label = [p for p in points if p.policy.label == policy]
@@ -83,7 +250,7 @@ def one_point(path: str, policy: str | None, sets: tuple[str, ...]) -> PointSpec
     points = select_points(path, policy, sets)
     if len(points) > 1:
         data = load_yaml(Path(path))
-        axes = ", ".join(data.get("sweep") or {}) or "none"
+        axes = ", ".join(map(str, data.get("sweep") or {})) or "none"
         kinds = ", ".join(dict.fromkeys(p.policy.label for p in points))
         raise UserError(
             f"{path}: the scenario has {len(points)} points; fix: narrow to one with --policy "
@@ -152,6 +319,7 @@ def trace_selection(trace: str | None, steps: str | None, layers: str | None) ->
         if steps is not None or layers is not None:
             raise UserError("--trace-steps/--trace-layers filter a trace; fix: add --trace FILE.json")
         return {}
+    check_output(trace, "--trace")
     check_trace_path(trace)
     return {"steps": parse_selection(steps, "--trace-steps"), "layers": parse_selection(layers, "--trace-layers")}
 

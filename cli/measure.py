@@ -25,7 +25,7 @@ from ..sim.memory import MemoryPlanError
 from ..sim.scenario import ScenarioError
 from .common import (
     Command,
-    check_table_path,
+    check_output,
     metrics_json,
     one_point,
     point_options,
@@ -41,13 +41,15 @@ from .common import (
 @point_options
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="run on CUDA streams or on CPU threads")
-@click.option("--layers", type=int, default=None, help="run only the first K layers (real per-layer shapes)")
-@click.option("--repeats", type=int, default=3, show_default=True, help="timed runs; the median is reported")
-@click.option("--warmup", type=int, default=1, show_default=True, help="untimed runs first")
+@click.option("--layers", type=click.IntRange(min=1), default=None,
+              help="run only the first K layers (real per-layer shapes)")
+@click.option("--repeats", type=click.IntRange(min=1, max=1000), default=3, show_default=True,
+              help="timed runs; the median is reported")
+@click.option("--warmup", type=click.IntRange(min=0, max=1000), default=1, show_default=True, help="untimed runs first")
 @click.option("--dtype", type=click.Choice(["auto", "fp16", "bf16", "fp32"]), default="auto", show_default=True,
               help="dtype to run in; auto: the model's, except fp16 runs as bf16 on the CPU (fp16 is emulated there)")
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as one JSON object")
-@click.option("--timeline", type=click.Path(dir_okay=False), default=None,
+@click.option("--timeline", default=None,
               help="write the measured op timeline (.parquet or .csv)")
 @trace_options
 def measure(scenario: str, policy: str | None, sets: tuple[str, ...], device: str, layers: int | None,
@@ -60,7 +62,7 @@ def measure(scenario: str, policy: str | None, sets: tuple[str, ...], device: st
         raise UserError("hssim measure needs PyTorch; fix: pip install -e '.[hw]' (torch==2.13.0)") from None
     from ..hw.executor import ExecutorError, measure_point, scaled_point
 
-    check_table_path(timeline, "--timeline")
+    check_output(timeline, "--timeline", suffixes=(".parquet", ".csv"))
     trace_filter = trace_selection(trace, trace_steps, trace_layers)
     try:
         full = one_point(scenario, policy, sets)

@@ -11,8 +11,10 @@ import click
 from ..errors import MemoryPlanError, UserError
 from ..sim.specs import PointSpec
 from .common import (
+    MAX_OPS,
     Command,
-    check_table_path,
+    check_op_counts,
+    check_output,
     metrics_json,
     one_point,
     point_options,
@@ -27,32 +29,35 @@ from .common import (
 @click.argument("scenario", type=click.Path(dir_okay=False))
 @point_options
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as one JSON object")
-@click.option("--timeline", type=click.Path(dir_okay=False), default=None,
+@click.option("--timeline", default=None,
               help="write the op timeline (.parquet or .csv)")
 @trace_options
 @click.option("--engine", type=click.Choice(["simpy", "list"]), default="simpy", show_default=True,
               help="SimPy replay, or the identical list-scheduling replay (faster)")
-@click.option("--layers", type=int, default=None,
+@click.option("--max-ops", type=click.IntRange(min=1), default=MAX_OPS, show_default=True,
+              help="refuse a point whose schedule would have more ops than this")
+@click.option("--layers", type=click.IntRange(min=1), default=None,
               help="simulate only the first K layers (real per-layer shapes), as `hssim measure --layers K` runs")
 def run(scenario: str, policy: str | None, sets: tuple[str, ...], as_json: bool, timeline: str | None,
         trace: str | None, trace_steps: str | None, trace_layers: str | None, engine: str,
-        layers: int | None) -> None:
+        layers: int | None, max_ops: int) -> None:
     """Simulate one point of SCENARIO and print its metrics."""
     from ..sim.api import run_point, scaled_point
 
-    check_table_path(timeline, "--timeline")
+    timeline_path = check_output(timeline, "--timeline", suffixes=(".parquet", ".csv"))
     trace_filter = trace_selection(trace, trace_steps, trace_layers)
     full = one_point(scenario, policy, sets)
     try:
         point = scaled_point(full, layers)
     except ValueError as e:
         raise UserError(f"{scenario}: {e}") from None
+    check_op_counts([point], scenario, max_ops, warn=lambda msg: click.echo(f"warning: {msg}", err=True))
     try:
         pr = run_point(point, engine=engine)
     except MemoryPlanError as e:
         raise UserError(f"{scenario}: {e}") from None
-    if timeline:
-        write_table(pr.result.timeline(), Path(timeline))
+    if timeline_path:
+        write_table(pr.result.timeline(), timeline_path)
         if not as_json:
             click.echo(f"wrote the timeline ({len(pr.schedule)} ops) to {timeline}", err=True)
     if trace:
@@ -74,15 +79,19 @@ def run(scenario: str, policy: str | None, sets: tuple[str, ...], as_json: bool,
 @click.command(cls=Command)
 @click.argument("scenario", type=click.Path(dir_okay=False))
 @point_options
-def schedule(scenario: str, policy: str | None, sets: tuple[str, ...]) -> None:
+@click.option("--max-ops", type=click.IntRange(min=1), default=MAX_OPS, show_default=True,
+              help="refuse a point whose schedule would have more ops than this")
+def schedule(scenario: str, policy: str | None, sets: tuple[str, ...], max_ops: int) -> None:
     """Print a readable summary of the schedule of one point of SCENARIO."""
-    from ..sim.memory import check_plan
     from ..sim.policies import build_schedule
 
     point = one_point(scenario, policy, sets)
-    sched = build_schedule(point, check_memory=False)
+    check_op_counts([point], scenario, max_ops, warn=lambda msg: click.echo(f"warning: {msg}", err=True))
+    try:  # the memory plan is checked before a single op is built
+        sched = build_schedule(point, check_memory=True)
+    except MemoryPlanError as e:
+        raise UserError(f"{scenario}: {e}") from None
     click.echo(describe_schedule(point, sched))
-    check_plan(sched.memory, f"{scenario}: {point.model.name} on {point.hardware.name}, {point.policy.label}")
 
 
 def describe_schedule(point: PointSpec, sched) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -14,7 +13,10 @@ import click
 import pandas as pd
 
 from ..errors import UserError
-from .common import Group
+from ..sim.outfiles import atomic_path, worker_setup
+from ..sim.serving.workload import MAX_RATE_RPS, MAX_REQUESTS, MIN_RATE_RPS
+from ..sim.specs import MAX_TOKENS
+from .common import FiniteFloat, Group, check_output
 
 
 def _simulate(point):
@@ -31,16 +33,8 @@ def _simulate(point):
 
 
 def _write_text_atomic(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for reading
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
 
 
 def _print_table(df: pd.DataFrame) -> None:
@@ -79,15 +73,14 @@ def serve() -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--policy", default=None, help="only this policy kind or label (e.g. oneiros, vllm-swap)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object per point")
-@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
-              help="write results.csv and results.parquet here")
+@click.option("--out", "out_dir", default=None, help="write results.csv and results.parquet here")
 @click.option("--iterations", "with_iterations", is_flag=True,
               help="also write iterations.parquet to --out: one row per iteration (remapped layers over time)")
-@click.option("--markdown", "markdown", default=None, type=click.Path(dir_okay=False),
+@click.option("--markdown", "markdown", default=None,
               help="write the Markdown comparison table to this file")
-@click.option("--figures", "figures_dir", default=None, type=click.Path(file_okay=False),
+@click.option("--figures", "figures_dir", default=None,
               help="write remapping_over_time.png here: layers Oneiros remaps over time, one box per panel")
-@click.option("--jobs", "-j", type=int, default=None, help="worker processes (default: all cores)")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, help="worker processes (default: all cores)")
 def run_cmd(files: tuple[str, ...], policy: str | None, as_json: bool, out_dir: str | None, with_iterations: bool,
             markdown: str | None, figures_dir: str | None, jobs: int | None) -> None:
     """Simulate every point of the serving scenario FILES (scenarios/serving/*.yaml)."""
@@ -99,8 +92,9 @@ def run_cmd(files: tuple[str, ...], policy: str | None, as_json: bool, out_dir: 
 
     if with_iterations and not out_dir:
         raise UserError("--iterations needs --out DIR; fix: add --out DIR")
-    if jobs is not None and jobs < 1:
-        raise UserError(f"--jobs {jobs}: fix: give at least 1")
+    check_output(out_dir, "--out", kind="dir", contents=("results.csv", "results.parquet", "iterations.parquet"))
+    check_output(markdown, "--markdown", suffixes=(".md", ".markdown"))
+    check_output(figures_dir, "--figures", kind="dir", contents=("remapping_over_time.png", "tenants_over_time.png"))
     asked_jobs = jobs
     jobs = jobs or os.cpu_count() or 1
     try:
@@ -129,7 +123,7 @@ def run_cmd(files: tuple[str, ...], policy: str | None, as_json: bool, out_dir: 
                 results.append(_simulate(p))
                 done(len(results), p)
         else:
-            with ProcessPoolExecutor(max_workers=jobs) as pool:
+            with ProcessPoolExecutor(max_workers=jobs, initializer=worker_setup) as pool:
                 futures = {pool.submit(_simulate, p): i for i, p in enumerate(points)}
                 by_index = {}
                 for fut in as_completed(futures):
@@ -173,17 +167,17 @@ def run_cmd(files: tuple[str, ...], policy: str | None, as_json: bool, out_dir: 
 
 
 @serve.command("trace")
-@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="CSV file to write")
-@click.option("--requests", type=click.IntRange(min=1), default=200, show_default=True)
-@click.option("--rate-rps", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
+@click.option("--out", "out_file", required=True, help="CSV file to write")
+@click.option("--requests", type=click.IntRange(min=1, max=MAX_REQUESTS), default=200, show_default=True)
+@click.option("--rate-rps", type=FiniteFloat(min=MIN_RATE_RPS, max=MAX_RATE_RPS), default=2.0, show_default=True,
               help="mean Poisson arrivals per second")
-@click.option("--prompt-median", type=click.IntRange(min=1), default=512, show_default=True)
-@click.option("--prompt-max", type=click.IntRange(min=1), default=1536, show_default=True)
-@click.option("--output-median", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--output-max", type=click.IntRange(min=1), default=512, show_default=True)
-@click.option("--sigma", type=click.FloatRange(min=0), default=0.6, show_default=True,
+@click.option("--prompt-median", type=click.IntRange(min=1, max=MAX_TOKENS), default=512, show_default=True)
+@click.option("--prompt-max", type=click.IntRange(min=1, max=MAX_TOKENS), default=1536, show_default=True)
+@click.option("--output-median", type=click.IntRange(min=1, max=MAX_TOKENS), default=128, show_default=True)
+@click.option("--output-max", type=click.IntRange(min=1, max=MAX_TOKENS), default=512, show_default=True)
+@click.option("--sigma", type=FiniteFloat(min=0, max=10), default=0.6, show_default=True,
               help="log-normal sigma of both lengths (0: every request has the median lengths)")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=0, show_default=True)
 def trace_cmd(out_file: str, requests: int, rate_rps: float, prompt_median: int, prompt_max: int,
               output_median: int, output_max: int, sigma: float, seed: int) -> None:
     """Write a synthetic trace (arrival_s,prompt_len,output_len): Poisson arrivals, log-normal lengths."""
@@ -191,6 +185,11 @@ def trace_cmd(out_file: str, requests: int, rate_rps: float, prompt_median: int,
 
     from ..sim.serving.workload import LengthDist, poisson_requests, write_trace
 
+    check_output(out_file, "--out", suffixes=(".csv",))
+    for what, median, most in (("prompt", prompt_median, prompt_max), ("output", output_median, output_max)):
+        if median > most:
+            raise UserError(f"--{what}-median {median} is above --{what}-max {most}: every length would be cut to "
+                            f"{most}; fix: give --{what}-max at least {median}")
     try:
         prompt = LengthDist(dist="lognormal", median=prompt_median, sigma=sigma, max=prompt_max)
         output = LengthDist(dist="lognormal", median=output_median, sigma=sigma, max=output_max)

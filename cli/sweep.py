@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from pathlib import Path
 
 import click
 
 from ..errors import UserError, require_distributed
-from .common import Command, write_table
+from ..sim.api import point_key
+from ..sim.scenario import MAX_POINTS
+from .common import MAX_OPS, Command, check_cluster, check_op_counts, check_output, write_table
 
 
 @click.command(cls=Command)
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--out", "out_dir", default="out/sweep", show_default=True, type=click.Path(file_okay=False),
+@click.option("--out", "out_dir", default="out/sweep", show_default=True,
               help="folder for results.parquet, results.csv, ranking.csv and the points.jsonl journal")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="local worker processes (default: all cores)")
@@ -23,52 +24,70 @@ from .common import Command, write_table
 @click.option("--fresh", is_flag=True, help="forget finished points in --out and run everything again")
 @click.option("--no-report", is_flag=True, help="skip the figures and tables (OUT/report/)")
 @click.option("--dry-run", is_flag=True, help="list the points and policy labels the FILES expand to, and stop")
+@click.option("--max-points", type=click.IntRange(min=1), default=MAX_POINTS, show_default=True,
+              help="refuse scenario files that expand to more points than this")
+@click.option("--max-ops", type=click.IntRange(min=1), default=MAX_OPS, show_default=True,
+              help="refuse points whose schedule would have more ops than this (each takes memory and time)")
 def sweep(files: tuple[str, ...], out_dir: str, jobs: int | None, cluster: str | None, fresh: bool,
-          no_report: bool, dry_run: bool) -> None:
+          no_report: bool, dry_run: bool, max_points: int, max_ops: int) -> None:
     """Run every point of the scenario FILES; write results and rank policies per point.
 
     Resumable: rerun the same command after an interruption and finished points are kept.
+    Sweeps of different files may share one --out: the tables hold every point its journal holds.
     """
     from rich.console import Console
 
+    from ..sim.outfiles import FolderLock
     from ..sim.scenario import load_points
-    from ..sim.sweep import JOURNAL, best_per_point, run_sweep, write_results
+    from ..sim.sweep import JOURNAL, best_per_point, check_reachable, run_sweep, write_results
 
-    points = load_points(files)
     if dry_run:
-        click.echo(describe_points(points))
+        click.echo(describe_points(load_points(files, max_points=max_points)))
         return
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file; fix: name a folder (it is created if missing)")
-    if fresh and (out / JOURNAL).exists():
-        (out / JOURNAL).unlink()
+    out = check_output(out_dir, "--out", kind="dir", contents=SWEEP_FILES)
+    cluster = check_cluster(cluster)
     console = Console(stderr=True)
-    where = f"Dask cluster {cluster}" if cluster else f"{jobs or 'all'} local cores"
-    console.print(f"hssim sweep: {len(points)} points from {len(files)} file(s) on {where}, out: {out}")
-    with _local_cluster(cluster, jobs) as address, SweepProgress(console, len(points)) as progress:
-        try:
-            df = run_sweep(points, out, jobs=jobs, cluster=address, on_done=progress.done, on_skip=progress.skip)
-        except KeyboardInterrupt:
-            progress.stop()
-            raise UserError(f"interrupted: {progress.finished} points are saved in {out / JOURNAL}; "
-                            "fix: rerun the same command to resume") from None
-    parquet, csv = write_results(df, out)
-    ranked = best_per_point(df)
-    write_table(ranked, out / "ranking.csv")
-    _print_ranking(ranked)
-    counts = df["status"].value_counts().to_dict() if len(df) else {}
-    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    console.print(f"{len(df)} rows ({summary}; {progress.skipped} reused from an earlier run) -> {parquet}, {csv}")
-    if counts.get("infeasible") or counts.get("failed"):
-        console.print("rows that are not ok say why in the error column")
-    if not no_report:
-        from ..reports import build_report
+    points = load_points(files, max_points=max_points, each=lambda path, pts: check_op_counts(
+        pts, path, max_ops, warn=lambda msg: console.print(f"warning: {msg}")))
+    if cluster and cluster != "local":
+        check_reachable(cluster)  # before --fresh forgets anything, and before the folder is made
+    with FolderLock(out):
+        where = f"Dask cluster {cluster}" if cluster else f"{jobs or 'all'} local cores"
+        console.print(f"hssim sweep: {len(points)} points from {len(files)} file(s) on {where}, out: {out}")
+        with _local_cluster(cluster, jobs) as address:
+            if fresh and (out / JOURNAL).exists():
+                (out / JOURNAL).unlink()
+            with SweepProgress(console, len(points)) as progress:
+                try:
+                    df = run_sweep(points, out, jobs=jobs, cluster=address, on_done=progress.done,
+                                   on_skip=progress.skip, include_others=True)
+                except KeyboardInterrupt:
+                    progress.stop()
+                    raise UserError(f"interrupted: {progress.finished} points are saved in {out / JOURNAL}; "
+                                    "fix: rerun the same command to resume") from None
+        others = len(df) - len({p for p in map(point_key, points)})
+        parquet, csv = write_results(df, out)
+        ranked = best_per_point(df)
+        write_table(ranked, out / "ranking.csv")
+        _print_ranking(ranked)
+        counts = df["status"].value_counts().to_dict() if len(df) else {}
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        console.print(f"{len(df)} rows ({summary}; {progress.skipped} reused from an earlier run"
+                      + (f"; {others} from other sweeps into this folder" if others > 0 else "")
+                      + f") -> {parquet}, {csv}")
+        if counts.get("infeasible") or counts.get("failed"):
+            console.print("rows that are not ok say why in the error column")
+        if not no_report:
+            from ..reports import build_report
 
-        console.print(f"report: drawing figures and tables into {out / 'report'}")
-        rep = build_report(df, out / "report", progress=lambda msg: console.print(f"report: {msg}"))
-        console.print(f"report: {len(rep.paths)} files in {out / 'report'} (index: {out / 'report' / 'README.md'})"
-                      + (f"; left out: {', '.join(rep.skipped)}" if rep.skipped else ""))
+            console.print(f"report: drawing figures and tables into {out / 'report'}")
+            rep = build_report(df, out / "report", progress=lambda msg: console.print(f"report: {msg}"))
+            console.print(f"report: {len(rep.paths)} files in {out / 'report'} (index: {out / 'report' / 'README.md'})"
+                          + (f"; left out: {', '.join(rep.skipped)}" if rep.skipped else ""))
+
+
+#: what a sweep writes into its --out folder
+SWEEP_FILES = ("results.parquet", "results.csv", "ranking.csv", "points.jsonl")
 
 
 class SweepProgress:
@@ -126,6 +145,35 @@ class SweepProgress:
                                f"ETA {eta:.0f} s")
 
 
+def _stop_http(dask_scheduler=None, dask_worker=None) -> None:
+    """Close a Dask server's HTTP port (its dashboard and status pages): hssim asks none of them."""
+    server = dask_scheduler if dask_scheduler is not None else dask_worker
+    http = getattr(server, "http_server", None)
+    if http is not None:
+        http.stop()
+
+
+def start_local_cluster(workers: int, host: str = "127.0.0.1", port: int = 0):
+    """A Dask LocalCluster of `workers` processes listening on `host` only, with no HTTP port open:
+    Dask starts the scheduler's on 8787 (and one per worker) even with `dashboard_address=None`,
+    so they are closed once it is up. Worker processes end with the process that started them."""
+    from distributed import Client, LocalCluster
+
+    from ..sim.outfiles import exit_with_parent
+
+    lc = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host=host, scheduler_port=port,
+                      dashboard_address=None, worker_dashboard_address=None)
+    try:
+        with Client(lc) as client:
+            client.run_on_scheduler(_stop_http)
+            client.run(_stop_http)
+            client.run(exit_with_parent)
+    except BaseException:
+        lc.close()
+        raise
+    return lc
+
+
 class _local_cluster:
     """`--cluster local` starts a Dask LocalCluster on loopback for the sweep's duration."""
 
@@ -138,10 +186,7 @@ class _local_cluster:
         require_distributed("hssim sweep --cluster")
         if self.cluster != "local":
             return self.cluster
-        from distributed import LocalCluster
-
-        self.local = LocalCluster(n_workers=self.jobs or 2, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address=None)
+        self.local = start_local_cluster(self.jobs or 2)
         return self.local.scheduler_address
 
     def __exit__(self, *exc) -> None:
@@ -150,16 +195,20 @@ class _local_cluster:
 
 
 @click.command(cls=Command)
-@click.option("--workers", type=int, default=2, show_default=True, help="worker processes")
+@click.option("--workers", type=click.IntRange(min=1, max=1024), default=2, show_default=True,
+              help="worker processes")
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
-@click.option("--port", type=int, default=8786, show_default=True, help="scheduler port")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8786, show_default=True,
+              help="scheduler port (0: any free one)")
 def cluster(workers: int, host: str, port: int) -> None:
     """Start a local Dask cluster to try `hssim sweep --cluster ADDRESS`; Ctrl-C stops it."""
     require_distributed("hssim cluster")
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host=host,
-                      scheduler_port=port, dashboard_address=None) as lc:
+    try:
+        lc = start_local_cluster(workers, host, port)
+    except OSError as e:
+        raise UserError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e}); fix: pick another "
+                        "port, or a local address") from None
+    with lc:
         click.echo(f"Dask scheduler at {lc.scheduler_address} with {workers} workers; "
                    f"run: hssim sweep FILES --cluster {lc.scheduler_address}   (Ctrl-C to stop)")
         try:

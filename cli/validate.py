@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
-from .common import Command
+from .common import Command, check_output
 
 
 def _command_line(gpu: bool, device: str | None, out: str | None, size: str, profile: str | None,
@@ -33,13 +33,13 @@ def _command_line(gpu: bool, device: str | None, out: str | None, size: str, pro
 @click.option("--gpu", is_flag=True, help="run on the CUDA GPU (fails if there is none)")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
               help="backend: cpu (the executor's CPU threads) or cuda; default cpu unless --gpu")
-@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+@click.option("--out", "out_dir", default=None,
               help="report folder (default: out/validation/BACKEND)")
 @click.option("--set", "size", type=click.Choice(["quick", "standard"]), default="standard", show_default=True,
               help="validation set: standard, or quick (the small CI set)")
 @click.option("--profile", default=None, metavar="NAME|PATH",
               help="use this saved profile instead of calibrating (warns if measured on another device)")
-@click.option("--save-profile", default=None, type=click.Path(dir_okay=False),
+@click.option("--save-profile", default=None,
               help="also save the calibrated profile here (e.g. profiles/NAME.yaml)")
 def validate(gpu: bool, device: str | None, out_dir: str | None, size: str, profile: str | None,
              save_profile: str | None) -> None:
@@ -49,6 +49,8 @@ def validate(gpu: bool, device: str | None, out_dir: str | None, size: str, prof
     from ..validate.device import DeviceError, resolve_backend
     from ..validate.measure import MeasureError
 
+    check_output(out_dir, "--out", kind="dir")
+    check_output(save_profile, "--save-profile", suffixes=(".yaml", ".yml"))
     try:
         backend = resolve_backend(gpu, device)
     except DeviceError as e:

@@ -21,6 +21,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from ..sim.outfiles import atomic_path  # noqa: E402
+
 #: width of one column and of the full text block of a two-column paper, inches
 COLUMN_IN = 3.5
 PAGE_IN = 7.2
@@ -224,9 +226,12 @@ def save_figure(fig: plt.Figure, out_dir: Path, name: str, dpi: int = 200) -> li
     """Write `name.png` and `name.pdf` into `out_dir`; close the figure."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
-    for p in paths:
-        fig.savefig(p, dpi=dpi)
-    plt.close(fig)
+    try:
+        for p in paths:  # atomically: a killed write leaves a temporary, never a truncated figure
+            with atomic_path(p) as tmp:
+                fig.savefig(tmp, dpi=dpi, format=p.suffix[1:])
+    finally:
+        plt.close(fig)
     return paths
 
 

@@ -65,6 +65,17 @@ def point_key(point: PointSpec) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+#: most ops one (step, layer, GPU batch) of the block schedule issues: weight parts (2), loads of
+#: K,V, activations and token ids (3), a rebuild, attention (4 with CPU attention: QKV, out, in,
+#: attention), FFN, LM head, stores of K,V and activations (2); checked by tests/test_bad_input.py
+OPS_PER_ITEM = 14
+
+
+def estimate_ops(point: PointSpec) -> int:
+    """An upper bound on the ops of `point`'s schedule, known before building it."""
+    return point.workload.gen_len * point.model.layers * point.policy.num_gpu_batches * OPS_PER_ITEM
+
+
 def run_point(point: PointSpec, cost: CostModel | None = None, engine: str = "simpy") -> PointRun:
     """Simulate one point; raises MemoryPlanError if its schedule does not fit.
 

@@ -8,12 +8,38 @@ properties, so a spec can never disagree with itself.
 from __future__ import annotations
 
 from enum import Enum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 GB = 10**9
 GiB = 2**30
+
+
+def _not_bool(value):
+    """YAML's `true` is not the number 1: a boolean in a numeric field is refused."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true/false")
+    return value
+
+
+#: an integer field (booleans refused); give its range with Field(ge/gt, le)
+Int = Annotated[int, BeforeValidator(_not_bool)]
+#: a finite real field (booleans, inf and nan refused); give its range with Field(ge/gt, le)
+Real = Annotated[float, BeforeValidator(_not_bool), Field(allow_inf_nan=False)]
+#: a yes/no field: true or false only (not 1, "yes" or "on" as text)
+Flag = Annotated[bool, Field(strict=True)]
+
+# Ranges that every numeric field is held to: wide enough for any machine or model in
+# sight, narrow enough that a typo (1e30 s, 1e-300 B/s, 9e18 tokens) is refused where
+# it is written instead of overflowing or hanging a simulation.
+MAX_COUNT = 2**20  # layers, heads, batch, GPU batches, block tokens
+MAX_WIDTH = 2**22  # hidden and FFN widths
+MAX_TOKENS = 2**24  # vocabulary, positions, prompt and output lengths (16 M)
+MAX_BYTES = 10**16  # any memory capacity (10 PB)
+MIN_RATE_BPS, MAX_RATE_BPS = 1e6, 1e15  # any link or memory bandwidth: 1 MB/s .. 1 PB/s
+MIN_FLOPS, MAX_FLOPS = 1e6, 1e19  # any processor: 1 MFLOP/s .. 10 EFLOP/s
+MAX_OVERHEAD_S = 1.0  # a launch overhead or link latency
 
 
 class Spec(BaseModel):
@@ -42,16 +68,16 @@ class ModelSpec(Spec):
     """A decoder-only transformer, one entry per architectural fact."""
 
     name: str
-    layers: int = Field(gt=0)
-    hidden: int = Field(gt=0)
-    heads: int = Field(gt=0)
-    kv_heads: int = Field(gt=0)
-    ffn: int = Field(gt=0, description="FFN inner size")
+    layers: Int = Field(gt=0, le=MAX_COUNT)
+    hidden: Int = Field(gt=0, le=MAX_WIDTH)
+    heads: Int = Field(gt=0, le=MAX_COUNT)
+    kv_heads: Int = Field(gt=0, le=MAX_COUNT)
+    ffn: Int = Field(gt=0, le=MAX_WIDTH, description="FFN inner size")
     ffn_kind: FFNKind = FFNKind.relu
     norm_kind: NormKind = NormKind.layernorm
-    bias: bool = True
-    vocab: int = Field(gt=0)
-    max_positions: int = Field(default=2048, gt=0)
+    bias: Flag = True
+    vocab: Int = Field(gt=0, le=MAX_TOKENS)
+    max_positions: Int = Field(default=2048, gt=0, le=MAX_TOKENS)
     dtype: Literal["fp16", "bf16", "fp32"] = "fp16"
 
     @model_validator(mode="after")
@@ -139,15 +165,15 @@ class GPUSpec(Spec):
     public micro-benchmarks achieve (what op durations use)."""
 
     name: str
-    memory_bytes: int = Field(gt=0, description="what CUDA reports as the device's total memory, bytes")
-    peak_flops: float = Field(gt=0, description="datasheet dense fp16 tensor-core FLOP/s")
-    hbm_Bps: float = Field(gt=0, description="datasheet device memory bandwidth, bytes/s")
-    launch_overhead_s: float = Field(default=5e-6, ge=0)
-    matmul_efficiency: float = Field(
+    memory_bytes: Int = Field(gt=0, le=MAX_BYTES, description="what CUDA reports as the device's total memory, bytes")
+    peak_flops: Real = Field(ge=MIN_FLOPS, le=MAX_FLOPS, description="datasheet dense fp16 tensor-core FLOP/s")
+    hbm_Bps: Real = Field(ge=MIN_RATE_BPS, le=MAX_RATE_BPS, description="datasheet device memory bandwidth, bytes/s")
+    launch_overhead_s: Real = Field(default=5e-6, ge=0, le=MAX_OVERHEAD_S)
+    matmul_efficiency: Real = Field(
         default=1.0, gt=0, le=1, description="achieved fraction of peak_flops (large fp16 GEMM)"
     )
-    hbm_efficiency: float = Field(default=1.0, gt=0, le=1, description="achieved fraction of hbm_Bps")
-    reserved_bytes: int = Field(default=0, ge=0, description="memory the runtime keeps for itself "
+    hbm_efficiency: Real = Field(default=1.0, gt=0, le=1, description="achieved fraction of hbm_Bps")
+    reserved_bytes: Int = Field(default=0, ge=0, le=MAX_BYTES, description="memory the runtime keeps for itself "
                                 "(CUDA context, kernels, cuBLAS workspace)")
 
     @property
@@ -163,16 +189,16 @@ class LinkSpec(Spec):
     """Host<->GPU link with separate engines per direction (full duplex)."""
 
     name: str
-    h2d_pinned_Bps: float = Field(gt=0)
-    d2h_pinned_Bps: float = Field(gt=0)
-    h2d_pageable_Bps: float = Field(gt=0)
-    d2h_pageable_Bps: float = Field(gt=0)
-    latency_s: float = Field(default=10e-6, ge=0)
+    h2d_pinned_Bps: Real = Field(ge=MIN_RATE_BPS, le=MAX_RATE_BPS)
+    d2h_pinned_Bps: Real = Field(ge=MIN_RATE_BPS, le=MAX_RATE_BPS)
+    h2d_pageable_Bps: Real = Field(ge=MIN_RATE_BPS, le=MAX_RATE_BPS)
+    d2h_pageable_Bps: Real = Field(ge=MIN_RATE_BPS, le=MAX_RATE_BPS)
+    latency_s: Real = Field(default=10e-6, ge=0, le=MAX_OVERHEAD_S)
 
 
 class HostSpec(Spec):
-    memory_bytes: int = Field(gt=0)
-    memory_Bps: float = Field(gt=0, description="host DRAM bandwidth, bytes/s")
+    memory_bytes: Int = Field(gt=0, le=MAX_BYTES)
+    memory_Bps: Real = Field(ge=MIN_RATE_BPS, le=MAX_RATE_BPS, description="host DRAM bandwidth, bytes/s")
 
 
 class CPUSpec(Spec):
@@ -184,13 +210,13 @@ class CPUSpec(Spec):
     calibrated profile's fitted rate) replaces that with one FLOP/s figure."""
 
     name: str = "cpu"
-    sockets: int = Field(default=1, gt=0)
-    cores_per_socket: int = Field(default=8, gt=0, description="physical cores")
+    sockets: Int = Field(default=1, gt=0, le=64)
+    cores_per_socket: Int = Field(default=8, gt=0, le=4096, description="physical cores")
     dram_type: str = Field(default="DDR4", description="e.g. DDR4-3200")
-    dram_channels_per_socket: int = Field(default=2, gt=0)
-    dram_MTps: float = Field(default=3200, gt=0, description="DRAM transfer rate, mega-transfers/s")
-    flops: float | None = Field(default=None, gt=0, description="achieved FLOP/s of attention on the CPU, "
-                                "when a calibrated profile fixes it")
+    dram_channels_per_socket: Int = Field(default=2, gt=0, le=64)
+    dram_MTps: Real = Field(default=3200, ge=100, le=100_000, description="DRAM transfer rate, mega-transfers/s")
+    flops: Real | None = Field(default=None, ge=MIN_FLOPS, le=MAX_FLOPS, description="achieved FLOP/s of attention "
+                               "on the CPU, when a calibrated profile fixes it")
 
     @property
     def cores(self) -> int:
@@ -217,9 +243,9 @@ class HardwareSpec(Spec):
 
 
 class WorkloadSpec(Spec):
-    batch: int = Field(gt=0, description="sequences generated together")
-    prompt_len: int = Field(gt=0)
-    gen_len: int = Field(gt=0, description="output tokens per sequence, the first from prefill")
+    batch: Int = Field(gt=0, le=MAX_COUNT, description="sequences generated together")
+    prompt_len: Int = Field(gt=0, le=MAX_TOKENS)
+    gen_len: Int = Field(gt=0, le=MAX_TOKENS, description="output tokens per sequence, the first from prefill")
 
 
 # ---------------------------------------------------------------------------- policy
@@ -270,21 +296,22 @@ class PolicySpec(Spec):
     """
 
     kind: PolicyKind
-    gpu_batch_size: int | None = Field(default=None, gt=0)
-    num_gpu_batches: int = Field(default=1, gt=0)
-    weights_gpu_percent: float = Field(default=0.0, ge=0, le=100)
-    cache_gpu_percent: float = Field(default=0.0, ge=0, le=100)
-    kv_ratio: float = Field(default=1.0, ge=0, le=1)
-    cpu_attention: bool = False
-    pinned: bool = True
-    cache_pinned: bool = Field(
+    gpu_batch_size: Int | None = Field(default=None, gt=0, le=MAX_COUNT)
+    num_gpu_batches: Int = Field(default=1, gt=0, le=MAX_COUNT)
+    weights_gpu_percent: Real = Field(default=0.0, ge=0, le=100)
+    cache_gpu_percent: Real = Field(default=0.0, ge=0, le=100)
+    kv_ratio: Real = Field(default=1.0, ge=0, le=1)
+    cpu_attention: Flag = False
+    pinned: Flag = True
+    cache_pinned: Flag = Field(
         default=False, description="flexgen: host K,V in pinned memory (FlexGen's runtime does not pin it)")
-    block_tokens: int = Field(default=16, gt=0, description="hybridserve: tokens per host cache block")
+    block_tokens: Int = Field(default=16, gt=0, le=MAX_COUNT, description="hybridserve: tokens per host cache block")
     mini_batching: MiniBatching = MiniBatching.balanced
-    split_tokens: int | None = Field(
-        default=None, ge=0, description="kvpr: fixed split point l (tokens per sequence sent as activations)")
+    split_tokens: Int | None = Field(
+        default=None, ge=0, le=MAX_TOKENS,
+        description="kvpr: fixed split point l (tokens per sequence sent as activations)")
     split_rule: SplitRule = SplitRule.closed_form
-    step_barrier: bool = Field(
+    step_barrier: Flag = Field(
         default=True, description="hybridserve, kvpr: FlexGen's sync after every (layer, GPU batch) step "
         "(both systems are built on FlexGen's runtime); flexgen always syncs, kv-only and hybrid never")
 

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import signal
-import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -28,6 +27,7 @@ import pandas as pd
 from ..errors import ClusterUnreachable, require_distributed
 from .api import POINT_COLUMNS, point_key, provenance, result_row, results_frame, run_point
 from .memory import MemoryPlanError
+from .outfiles import atomic_path, worker_setup
 from .specs import PointSpec
 
 #: columns that identify a workload point across policies (the ranking groups on them)
@@ -102,8 +102,10 @@ class Journal:
 
 
 def _ignore_sigint() -> None:
-    """Workers leave Ctrl-C to the parent, which stops them (a terminal sends it to the whole group)."""
+    """Workers leave Ctrl-C to the parent, which stops them (a terminal sends it to the whole group),
+    and end when the parent ends, however it ends (SIGKILL included)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker_setup()
 
 
 def _run_pool(todo: list[PointSpec], jobs: int, emit: Callable[[dict], None]) -> list[PointSpec]:
@@ -178,10 +180,13 @@ def run_sweep(
     cluster: str | None = None,
     on_done: Callable[[dict[str, Any]], None] | None = None,
     on_skip: Callable[[int], None] | None = None,
+    include_others: bool = False,
 ) -> pd.DataFrame:
     """Run the points not yet in `out_dir`'s journal; return every point's row, in order.
 
     `cluster` is a Dask scheduler address (tcp://host:port); None runs on local processes.
+    With `include_others`, the rows the journal holds for other points (other sweeps that
+    wrote to the same folder) follow, so that the tables hold every row the journal holds.
     """
     journal = Journal(Path(out_dir) / JOURNAL)
     done = {k: r for k, r in journal.load().items() if r.get("status") in FINAL_STATUSES}
@@ -204,7 +209,40 @@ def run_sweep(
         else:
             _run_local(todo, jobs or os.cpu_count() or 1, emit)
     rows = [done[k] for k in unique if k in done]
+    if include_others:
+        rows += _other_rows(journal, set(unique))
     return results_frame(rows)
+
+
+def _other_rows(journal: Journal, exclude: set[str]) -> list[dict[str, Any]]:
+    """The journal's rows of other sweeps that wrote to the same folder, for this hssim's code
+    (a row whose key this code no longer gives its point is stale and left out), in journal order."""
+    rows = []
+    for key, row in journal.load().items():
+        if key in exclude:
+            continue
+        try:
+            current = point_key(PointSpec.model_validate_json(row["point_json"])) == key
+        except (KeyError, TypeError, ValueError):
+            current = False
+        if current:
+            rows.append(row)
+    return rows
+
+
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Raise ClusterUnreachable unless something listens at the scheduler address (tcp://host:port)."""
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as e:
+        raise ClusterUnreachable(f"--cluster {address}: no Dask scheduler answers ({type(e).__name__}); fix: "
+                                 "check the address, or start one with `hssim cluster` or `dask scheduler`, "
+                                 "or use --cluster local") from None
 
 
 def run_points(points: Sequence[PointSpec], jobs: int | None = 1) -> pd.DataFrame:
@@ -218,14 +256,8 @@ def run_points(points: Sequence[PointSpec], jobs: int | None = 1) -> pd.DataFram
 def write_atomic(df: pd.DataFrame, path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write parquet or CSV to a temporary file and rename it into place; `metadata` goes into
     a parquet file's key-value metadata."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; results are for sharing
-    try:
-        if path.suffix == ".parquet":
+    with atomic_path(Path(path), 0o666) as tmp:
+        if Path(path).suffix == ".parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
 
@@ -236,10 +268,6 @@ def write_atomic(df: pd.DataFrame, path: Path, metadata: dict[str, str] | None =
             pq.write_table(table, tmp)
         else:
             df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_results(df: pd.DataFrame, out_dir: Path) -> tuple[Path, Path]:

@@ -32,9 +32,10 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...errors import ProfileError
+from ...errors import ProfileError, ScenarioError
 from ..schedule import Op, OpKind, Stream
 from ..specs import DTYPE_BYTES, CPUSpec, FFNKind, GPUSpec, HardwareSpec, HostSpec, LinkSpec, ModelSpec
+from ..yamlsafe import load_yaml_file
 
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "profiles"
 
@@ -199,9 +200,13 @@ def load_profile(name_or_path: str | Path, current: dict | None = None) -> Hardw
     """Read a profile; warn (`ProfileDeviceWarning`) if `current` (a DeviceInfo dict) is another device."""
     path = find_profile(name_or_path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml_file(path)
+    except ScenarioError as e:
+        raise ProfileError(f"{path}: not a valid hssim profile ({e.field}: {e.message}); fix: recalibrate with "
+                           "hssim validate") from None
+    try:
         profile = HardwareProfile.model_validate(data)
-    except (OSError, yaml.YAMLError, ValueError) as e:
+    except (ValueError, TypeError) as e:
         first = str(e).splitlines()[0]
         raise ProfileError(f"{path}: not a valid hssim profile ({first}); fix: recalibrate with hssim validate") \
             from None

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ..api import run_point
 from ..memory import MemoryPlanError
+from ..outfiles import worker_setup
 from ..specs import PointSpec
 
 #: called as (label, done, total) while a search runs
@@ -65,7 +66,7 @@ def _evaluate_all(points: list[PointSpec], label: str) -> list[Candidate]:
             if hook:
                 hook(label, len(out), len(points))
         return out
-    with ProcessPoolExecutor(max_workers=min(jobs, len(points))) as pool:
+    with ProcessPoolExecutor(max_workers=min(jobs, len(points)), initializer=worker_setup) as pool:
         for cand in pool.map(evaluate, points, chunksize=max(1, len(points) // (8 * jobs))):
             out.append(cand)  # map keeps the input order, so ties resolve as in a serial run
             if hook:

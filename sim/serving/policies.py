@@ -25,7 +25,7 @@ from functools import lru_cache
 
 from pydantic import Field, model_validator
 
-from ..specs import Spec
+from ..specs import Flag, Real, Spec
 
 
 class ServingPolicyKind(str, Enum):
@@ -42,11 +42,11 @@ class Preemption(str, Enum):
 class ServingPolicySpec(Spec):
     kind: ServingPolicyKind
     fallback: Preemption = Field(default=Preemption.swap, description="oneiros: how it preempts past its bound")
-    respect_bound: bool = Field(
+    respect_bound: Flag = Field(
         default=True, description="oneiros: keep N x layer H2D time <= compute time; false remaps as many "
                                   "layers as KV demand asks (to show what streaming that does not hide costs)")
-    revert_headroom: float = Field(
-        default=0.1, ge=0, description="oneiros: revert layers only while the smaller pool keeps this "
+    revert_headroom: Real = Field(
+        default=0.1, ge=0, le=1, description="oneiros: revert layers only while the smaller pool keeps this "
                                        "fraction of spare blocks above demand")
 
     @model_validator(mode="after")

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from ..specs import HardwareSpec, ModelSpec, Spec
+from ..specs import MAX_BYTES, MAX_COUNT, MAX_OVERHEAD_S, MAX_TOKENS, HardwareSpec, Int, ModelSpec, Real, Spec
 from .paged import KVPool, workspace_bytes
 from .policies import ServingPolicySpec
 from .workload import ServingWorkload
@@ -23,16 +23,19 @@ from .workload import ServingWorkload
 class ServingEngineSpec(Spec):
     """vLLM-like engine settings (defaults are vLLM's where it has one)."""
 
-    block_tokens: int = Field(default=16, gt=0, description="tokens per KV block")
-    max_batched_tokens: int = Field(default=2048, gt=0, description="tokens per iteration (chunked prefill)")
-    max_running: int = Field(default=256, gt=0, description="most requests holding KV at once (max_num_seqs)")
-    watermark: float = Field(default=0.01, ge=0, lt=1, description="fraction of blocks kept free at admission")
+    block_tokens: Int = Field(default=16, gt=0, le=MAX_COUNT, description="tokens per KV block")
+    max_batched_tokens: Int = Field(default=2048, gt=0, le=MAX_TOKENS,
+                                    description="tokens per iteration (chunked prefill)")
+    max_running: Int = Field(default=256, gt=0, le=MAX_COUNT,
+                             description="most requests holding KV at once (max_num_seqs)")
+    watermark: Real = Field(default=0.01, ge=0, lt=1, description="fraction of blocks kept free at admission")
     #: Host cost of one cudaMemcpyAsync in vLLM's per-block swap loop (csrc/cache_kernels.cu::swap_blocks,
     #: with its block_mapping[i][j].item() reads). 2.3 us: measured per call for one copy per (layer, K/V,
     #: block) of a 32-layer, head_dim-128 model on an H20 host (taco-project/FlexKV PR #193,
     #: benchmarks/microbenchmark_ce_overhead.py). Other public figures: 5-7 us per call (DualPath,
     #: arXiv 2602.21548, Sec. 5.2). Measured on x86 hosts; on Grace it is an assumption within 2.3-7 us.
-    memcpy_issue_s: float = Field(default=2.3e-6, ge=0, description="host cost per cudaMemcpyAsync of a KV swap")
+    memcpy_issue_s: Real = Field(default=2.3e-6, ge=0, le=MAX_OVERHEAD_S,
+                                 description="host cost per cudaMemcpyAsync of a KV swap")
 
 
 class TenantSpec(Spec):
@@ -41,7 +44,7 @@ class TenantSpec(Spec):
     name: str = Field(min_length=1)
     model: ModelSpec
     workload: ServingWorkload
-    gpu_kv_bytes: int | None = Field(default=None, gt=0, description="cap on this tenant's KV pool")
+    gpu_kv_bytes: Int | None = Field(default=None, gt=0, le=MAX_BYTES, description="cap on this tenant's KV pool")
 
 
 class ServingPoint(Spec):

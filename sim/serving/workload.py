@@ -22,8 +22,7 @@ arrival pattern, only compressed in time.
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -31,10 +30,16 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
+from ..outfiles import atomic_path
 from ..scenario import ScenarioError
-from ..specs import Spec
+from ..specs import MAX_TOKENS, Int, Real, Spec
+from ..yamlsafe import one_line, read_text
 
 TRACE_COLUMNS = ("arrival_s", "prompt_len", "output_len")
+#: bounds of a serving workload: a million requests, arrivals within a year, 1e-6..1e6 requests/s
+MAX_REQUESTS = 10**6
+MAX_ARRIVAL_S = 365 * 24 * 3600.0
+MIN_RATE_RPS, MAX_RATE_RPS = 1e-6, 1e6
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +55,11 @@ class LengthDist(Spec):
     (median, sigma, clipped to min..max). A bare integer in YAML means fixed."""
 
     dist: Literal["fixed", "uniform", "lognormal"] = "fixed"
-    value: int | None = Field(default=None, gt=0)
-    median: float | None = Field(default=None, gt=0)
-    sigma: float = Field(default=0.5, ge=0)
-    min: int = Field(default=1, gt=0)
-    max: int | None = Field(default=None, gt=0)
+    value: Int | None = Field(default=None, gt=0, le=MAX_TOKENS)
+    median: Real | None = Field(default=None, gt=0, le=MAX_TOKENS)
+    sigma: Real = Field(default=0.5, ge=0, le=10)
+    min: Int = Field(default=1, gt=0, le=MAX_TOKENS)
+    max: Int | None = Field(default=None, gt=0, le=MAX_TOKENS)
 
     @model_validator(mode="before")
     @classmethod
@@ -71,6 +76,9 @@ class LengthDist(Spec):
             raise ValueError("a lognormal length needs 'median' and 'max' (and optionally sigma, min)")
         if self.max is not None and self.max < self.min:
             raise ValueError(f"max ({self.max}) is below min ({self.min})")
+        if self.dist == "lognormal" and not self.min <= self.median <= self.max:
+            raise ValueError(f"median ({self.median:g}) is outside min..max ({self.min}..{self.max}): most "
+                             "lengths would be cut to the bound")
         return self
 
     @property
@@ -90,9 +98,9 @@ class LengthDist(Spec):
 class Bursts(Spec):
     """On/off arrivals: open for `on_s` of every `period_s` seconds, the first window at `offset_s`."""
 
-    on_s: float = Field(gt=0)
-    period_s: float = Field(gt=0)
-    offset_s: float = Field(default=0.0, ge=0)
+    on_s: Real = Field(gt=0, le=MAX_ARRIVAL_S)
+    period_s: Real = Field(gt=0, le=MAX_ARRIVAL_S)
+    offset_s: Real = Field(default=0.0, ge=0, le=MAX_ARRIVAL_S)
 
     @model_validator(mode="after")
     def _check(self) -> Bursts:
@@ -110,11 +118,12 @@ class ServingWorkload(Spec):
     """Poisson arrivals at `rate_rps` of `requests` requests (optionally in `bursts`), or the rows of
     a `trace` CSV."""
 
-    requests: int | None = Field(default=None, gt=0)
-    rate_rps: float | None = Field(default=None, gt=0, description="mean arrivals per second")
+    requests: Int | None = Field(default=None, gt=0, le=MAX_REQUESTS)
+    rate_rps: Real | None = Field(default=None, ge=MIN_RATE_RPS, le=MAX_RATE_RPS,
+                                  description="mean arrivals per second")
     prompt_len: LengthDist | None = None
     output_len: LengthDist | None = None
-    seed: int = 0
+    seed: Int = Field(default=0, ge=0, le=2**63 - 1)
     bursts: Bursts | None = None
     trace: str | None = Field(default=None, description="CSV path (relative to the scenario file)")
 
@@ -153,31 +162,45 @@ def poisson_requests(n: int, rate_rps: float, prompt: LengthDist, output: Length
 
 
 def read_trace(path: Path) -> list[Request]:
-    """Requests of a trace CSV, ordered by arrival (ties keep file order); ScenarioError on bad rows."""
+    """Requests of a trace CSV, ordered by arrival (ties keep file order); ScenarioError on bad rows.
+
+    The file is read as strict UTF-8 (a BOM is dropped), column names may carry spaces, and every
+    number must be finite and in range (arrivals within `MAX_ARRIVAL_S`, lengths up to `MAX_TOKENS`)."""
     source = str(path)
+    text = read_text(path, "file", "check the trace path")
+    reader = csv.reader(io.StringIO(text, newline=""))
     try:
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            header = tuple(h.strip() for h in (reader.fieldnames or ()))
-            if header[:3] != TRACE_COLUMNS:
-                raise ScenarioError(source, "header", f"expected columns {','.join(TRACE_COLUMNS)}, got "
-                                    f"{','.join(header) or 'nothing'}",
-                                    f"start the file with the line '{','.join(TRACE_COLUMNS)}'")
-            rows = [(i + 2, row) for i, row in enumerate(reader)]
-    except OSError as e:
-        raise ScenarioError(source, "file", f"cannot read it ({e.strerror})", "check the trace path") from None
+        first = next(reader, [])
+    except csv.Error as e:
+        raise ScenarioError(source, "line 1", f"not CSV ({e})", "write comma-separated values") from None
+    header = tuple(h.strip() for h in first)
+    if header[:3] != TRACE_COLUMNS:
+        shown = one_line(",".join(header), 80) or "nothing"
+        raise ScenarioError(source, "header", f"expected columns {','.join(TRACE_COLUMNS)}, got {shown}",
+                            f"start the file with the line '{','.join(TRACE_COLUMNS)}'")
     parsed = []
-    for line, row in rows:
-        try:
-            arrival = float(row["arrival_s"])
-            prompt, output = int(row["prompt_len"]), int(row["output_len"])
-        except (TypeError, ValueError):
-            raise ScenarioError(source, f"line {line}", f"not numbers: {dict(row)}",
-                                "write arrival_s as seconds and the lengths as integers") from None
-        if not (arrival >= 0 and prompt > 0 and output > 0):
-            raise ScenarioError(source, f"line {line}", f"out of range: {dict(row)}",
-                                "arrival_s >= 0, prompt_len > 0, output_len > 0")
-        parsed.append((arrival, prompt, output))
+    line = 1
+    try:
+        for line, row in enumerate(reader, start=2):
+            if not row or not "".join(row).strip():
+                continue
+            if len(parsed) >= MAX_REQUESTS:
+                raise ScenarioError(source, f"line {line}", f"more than {MAX_REQUESTS} requests",
+                                    "split the trace, or sample it")
+            shown = one_line(",".join(row), 80)
+            try:
+                arrival = float(row[0])
+                prompt, output = int(row[1]), int(row[2])
+            except (IndexError, ValueError):
+                raise ScenarioError(source, f"line {line}", f"not numbers: {shown}",
+                                    "write arrival_s as seconds and the lengths as integers") from None
+            if not (0 <= arrival <= MAX_ARRIVAL_S and 0 < prompt <= MAX_TOKENS and 0 < output <= MAX_TOKENS):
+                raise ScenarioError(source, f"line {line}", f"out of range: {shown}",
+                                    f"0 <= arrival_s <= {MAX_ARRIVAL_S:.0f} (a year), 0 < prompt_len and "
+                                    f"output_len <= {MAX_TOKENS}")
+            parsed.append((arrival, prompt, output))
+    except csv.Error as e:
+        raise ScenarioError(source, f"line {line + 1}", f"not CSV ({e})", "write comma-separated values") from None
     if not parsed:
         raise ScenarioError(source, "file", "the trace has no requests", "add at least one row")
     parsed.sort(key=lambda r: r[0])
@@ -186,18 +209,11 @@ def read_trace(path: Path) -> list[Request]:
 
 def write_trace(requests: list[Request], path: Path) -> None:
     """Write requests as a trace CSV, atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(TRACE_COLUMNS)
-            for r in requests:
-                w.writerow([f"{r.arrival_s:.6f}", r.prompt_len, r.output_len])
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(TRACE_COLUMNS)
+        for r in requests:
+            w.writerow([f"{r.arrival_s:.6f}", r.prompt_len, r.output_len])
 
 
 def workload_requests(workload: ServingWorkload, base_dir: Path | None = None) -> list[Request]:
