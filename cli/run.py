@@ -21,8 +21,8 @@ from .common import Command, metrics_json, one_point, point_options, print_metri
               help="write the op timeline (.parquet or .csv)")
 @click.option("--trace", type=click.Path(dir_okay=False), default=None,
               help="write a Chrome/Perfetto trace (.json): one track per stream")
-@click.option("--engine", type=click.Choice(["simpy", "list"]), default="simpy", show_default=True,
-              help="SimPy replay, or the identical list-scheduling replay (faster)")
+@click.option("--engine", type=click.Choice(["list", "simpy"]), default="list", show_default=True,
+              help="the compiled list-scheduling replay, or the SimPy model it equals op for op (slower)")
 @click.option("--layers", type=int, default=None,
               help="simulate only the first K layers (real per-layer shapes), as `hssim measure --layers K` runs")
 def run(scenario: str, policy: str | None, sets: tuple[str, ...], as_json: bool, timeline: str | None,

@@ -62,10 +62,11 @@ def point_key(point: PointSpec) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def run_point(point: PointSpec, cost: CostModel | None = None, engine: str = "simpy") -> PointRun:
+def run_point(point: PointSpec, cost: CostModel | None = None, engine: str = "list") -> PointRun:
     """Simulate one point; raises MemoryPlanError if its schedule does not fit.
 
-    engine: "simpy" (the SimPy model) or "list" (the same timeline, computed directly).
+    engine: "list" (the SimPy model's timeline, computed directly by a compiled kernel) or
+    "simpy" (the SimPy model itself).
     Hardware read from a calibrated profile is priced by that profile (with its
     contention blend) unless `cost` is given.
     """
