@@ -53,18 +53,23 @@ def memory_occupancy(result: SimResult) -> pd.DataFrame:
 
 
 def peak_memory_bytes(result: SimResult, compiled: bool = True) -> tuple[int, int]:
-    """(peak GPU bytes, peak host bytes) in use: the maxima of `memory_occupancy`, computed
-    from the arrays by a compiled kernel (compiled=False: as plain Python). Host memory only
+    """(peak GPU bytes, peak host bytes) in use: the maxima of `memory_occupancy`, from the
+    arrays, with no table (compiled=False runs the kernel as plain Python).
+
+    GPU: the changes sorted by (time, frees before allocations); within one instant the
+    running sum then first falls and then rises to the instant's net level, so its maximum
+    over all changes equals `memory_occupancy`'s maximum over instants. Host memory only
     grows (stores keep their bytes for good), so its peak is what it holds at the end."""
-    from .replay_kernels import gpu_peak_kernel
+    from .replay_kernels import gpu_events_kernel
 
     sched = result.schedule
-    kernel = gpu_peak_kernel if compiled else gpu_peak_kernel.py_func
-    gpu = kernel(result.start_ns, result.end_ns, sched.deps_ptr, sched.deps_idx, sched.column("gpu_bytes"),
-                 sched.column("workspace_bytes"), sched.gpu_static_bytes)
+    kernel = gpu_events_kernel if compiled else gpu_events_kernel.py_func
+    key, delta = kernel(result.start_ns, result.end_ns, sched.deps_ptr, sched.deps_idx, sched.column("gpu_bytes"),
+                        sched.column("workspace_bytes"))
+    rise = int(np.cumsum(delta[np.argsort(key, kind="stable")]).max(initial=0))  # nearly sorted: timsort is fast
     host = sched.column("host_alloc_bytes")
     assert host.min(initial=0) >= 0, "a negative host allocation"
-    return int(gpu), int(sched.host_static_bytes + host.sum())
+    return sched.gpu_static_bytes + rise, int(sched.host_static_bytes + host.sum())
 
 
 def run_metrics(result: SimResult) -> dict[str, float]:

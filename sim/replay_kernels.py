@@ -51,14 +51,11 @@ def list_replay_kernel(stream, dur, deps_ptr, deps_idx, after_ptr, after_idx, n_
 
 
 @jit
-def gpu_peak_kernel(start, end, deps_ptr, deps_idx, gpu_bytes, workspace_bytes, static_bytes):
-    """Peak GPU bytes in use, as `metrics.memory_occupancy` counts them: an op's output lives
-    from its start until its last data consumer ends, its workspace while it runs, and what
-    is freed and allocated at one instant counts as one change.
-
-    Events are sorted by (time, frees before allocations): within one instant the running
-    sum then first falls and then rises to the instant's net level, so its maximum over all
-    events equals the maximum over instants."""
+def gpu_events_kernel(start, end, deps_ptr, deps_idx, gpu_bytes, workspace_bytes):
+    """(key, delta) of every change of GPU memory in use, as `metrics.memory_occupancy`
+    counts them: an op's output lives from its start until its last data consumer ends, its
+    workspace while it runs. key = 2 x time, + 1 for an allocation, so that sorted by key
+    the frees of an instant come before its allocations (see `metrics.peak_memory_bytes`)."""
     n = start.shape[0]
     last_use = end.copy()
     m = 0
@@ -90,11 +87,4 @@ def gpu_peak_kernel(start, end, deps_ptr, deps_idx, gpu_bytes, workspace_bytes, 
             key[q + 1] = 2 * end[i]
             delta[q + 1] = -w
             q += 2
-    order = np.argsort(key)
-    level = static_bytes
-    peak = static_bytes
-    for q in range(m):
-        level += delta[order[q]]
-        if level > peak:
-            peak = level
-    return peak
+    return key, delta

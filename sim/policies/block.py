@@ -35,7 +35,6 @@ from .placement import flexgen_gpu_weight_percent, kv_proj_early_params
 from .registry import scheme_for
 from .schemes import CacheScheme
 
-Item = tuple[int, int, int]  # (step, layer, micro_batch)
 
 #: link kinds that move cache state (K,V, activations) rather than weights or hidden states
 CACHE_LINK_KINDS = frozenset({OpKind.load_kv, OpKind.load_act, OpKind.store_kv, OpKind.store_act})
@@ -295,10 +294,6 @@ class _BlockBuilder:
         return got
 
     # ------------------------------------------------------------------ build
-    def _items(self) -> list[Item]:
-        n, L, k = self.wl.gen_len, self.L, self.k
-        return [(t, layer, j) for t in range(n) for layer in range(L) for j in range(k)]
-
     def _plan_walk(self) -> int:
         """Make every template, in the order `build` first issues an op of each, so the plan
         sees kinds in issue order (its items keep that order); returns the host bytes the
@@ -346,7 +341,6 @@ class _BlockBuilder:
 
     def build(self, check_memory: bool) -> Schedule:
         n, L, k = self.wl.gen_len, self.L, self.k
-        items = self._items()
         meta = ScheduleMeta(
             model=self.m.name, hardware=self.point.hardware.name, policy=self.pol.label,
             layers=L, batch=self.wl.batch, gpu_batch_size=self.gbs, num_gpu_batches=k,
@@ -359,25 +353,23 @@ class _BlockBuilder:
             wl = self.wl
             check_plan(plan, f"{self.m.name} on {self.point.hardware.name}, {self.pol.label}, batch {wl.batch} "
                        f"({k}x{self.gbs}), prompt {wl.prompt_len}, gen {wl.gen_len}")
-        cols = self._emit(items)
+        cols = self._emit()
         payloads = [None] * len(self.payloads)
         for key, idx in self.payloads.items():
             payloads[idx] = key
         return Schedule.from_arrays(meta, plan, payloads, *cols, gpu_static_bytes=gpu_static,
                                     host_static_bytes=host_static)
 
-    def _emit(self, items: list[Item]):
+    def _emit(self):
         """Issue every op in FlexGen's program order (see the module docstring); returns the
         arrays (payload, layer, step, micro-batch, deps CSR, after CSR).
 
-        The templates of every item become integer tables (block_emit's layout: one
-        template id per item and kind of work, a step at a time, since a template serves a
-        whole layer class); the compiled kernel `block_emit.emit_block` walks the items
-        and writes the ops."""
+        The templates become integer tables (block_emit's layout: a template id per step,
+        layer class and GPU batch, since a template serves a whole layer class); the
+        compiled kernel `block_emit.emit_block` walks the items and writes the ops."""
         from .block_emit import CT_WIDTH, REC_KV, REC_LAYER, REC_NONE, emit_block
 
         L, k, n_steps = self.L, self.k, self.wl.gen_len
-        per_step = L * k
         loads_t, compute_t, stores_t = self._loads_template, self._compute_template, self._stores_template
         lt_ids: dict[tuple, int] = {}
         ct_ids: dict[tuple, int] = {}
@@ -392,17 +384,10 @@ class _BlockBuilder:
         def sid(tpl):
             return st_ids.setdefault(tpl, len(st_ids))
 
-        # template ids per item, built a step at a time
-        LT: list[int] = []
-        CT: list[int] = []
-        ST: list[int] = []
-        for t in range(n_steps):
-            first = [lid(loads_t(t, 0, j)) for j in range(k)]
-            rest = [lid(loads_t(t, 1, j)) for j in range(k)] if L > 1 else []
-            LT += first + rest * (L - 1)
-            mid = [cid(compute_t(t, 0, j)) for j in range(k)] if L > 1 else []
-            CT += mid * (L - 1) + [cid(compute_t(t, L - 1, j)) for j in range(k)]
-            ST += [sid(stores_t(t, j)) for j in range(k)] * L
+        # template ids by (step, layer class, GPU batch); see block_emit
+        LT = [[[lid(loads_t(t, c, j)) for j in range(k)] for c in (0, min(1, L - 1))] for t in range(n_steps)]
+        CT = [[[cid(compute_t(t, c, j)) for j in range(k)] for c in (0, L - 1)] for t in range(n_steps)]
+        ST = [[sid(stores_t(t, j)) for j in range(k)] for t in range(n_steps)]
 
         # loads: CSR of (payload, is token ids) per template; offsets of load_kv, load_act, load_tokens
         lt_ptr, lt_pay, lt_tok, lt_off = [0], [], [], []
@@ -439,18 +424,20 @@ class _BlockBuilder:
         def arr(xs, dtype=np.int64):
             return np.asarray(xs, dtype=dtype).reshape(-1) if len(xs) else np.zeros(0, dtype=dtype)
 
-        lt_of, ct_of, st_of = arr(LT), arr(CT), arr(ST)
-        lt_len = np.diff(arr(lt_ptr))
-        st_len = np.diff(arr(st_ptr)) * arr(st_has)
-        ct_len = np.where(ct[:, 0] == 1, 6, 2 + (ct[:, 2] >= 0)) + (ct[:, 10] >= 0)
-        n_ops = (n_steps * L * len(weights_t) + int(lt_len[lt_of].sum()) + int(st_len[st_of].sum())
-                 + int(ct_len[ct_of].sum()))
+        lt_of, ct_of, st_of = (np.asarray(x, dtype=np.int64) for x in (LT, CT, ST))
+        # ops: every layer's weights, and each item's loads, compute and stores
+        lt_len = np.diff(arr(lt_ptr))[lt_of]
+        st_len = (np.diff(arr(st_ptr)) * arr(st_has))[st_of]
+        ct_len = (np.where(ct[:, 0] == 1, 6, 2 + (ct[:, 2] >= 0)) + (ct[:, 10] >= 0))[ct_of]
+        n_ops = int(n_steps * L * len(weights_t) + (lt_len[:, 0].sum() + lt_len[:, 1].sum() * (L - 1)
+                    if L > 1 else lt_len[:, 0].sum()) + st_len.sum() * L
+                    + (ct_len[:, 0].sum() * (L - 1) + ct_len[:, 1].sum() if L > 1 else ct_len[:, 1].sum()))
         stream_code = {s: c for c, s in enumerate(Stream)}
         pay_stream = arr([stream_code[s] for s in self.payload_stream])
-        payload, it, dptr, didx, aptr, aidx = emit_block(
+        cols = emit_block(
             n_steps, L, k, self.opts.step_barrier,
             arr([p for p, _ in weights_t]), arr([e for _, e in weights_t], np.bool_),
             lt_of, arr(lt_ptr), arr(lt_pay), arr(lt_tok, np.bool_), arr(lt_off).reshape(-1, 3),
             ct_of, ct, st_of, arr(st_has, np.bool_), arr(st_ptr), arr(st_pay), pay_stream, len(Stream), n_ops)
-        assert len(payload) == n_ops, (len(payload), n_ops)
-        return payload, (it // k) % L, it // per_step, it % k, dptr, didx, aptr, aidx
+        assert len(cols[0]) == n_ops, (len(cols[0]), n_ops)
+        return cols

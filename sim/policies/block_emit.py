@@ -14,7 +14,9 @@ program order, step for step (see that module's docstring):
     [sync] store(last item)
 
 Dependencies are written as CSR arrays of sorted, distinct op ids. Templates reach the
-kernel as tables indexed by template id, with one template id per item and kind of work:
+kernel as tables indexed by template id; which template an item uses depends on its step,
+GPU batch and layer class: `lt_of[t, first layer? 0 : 1, j]`, `ct_of[t, last layer? 1 : 0, j]`
+and `st_of[t, j]` for the loads, compute and stores of item (t, layer, j).
 
 - loads: `lt_ptr[t]:lt_ptr[t + 1]` indexes `lt_pay` (payload) and `lt_tok` (a token-id
   load, which reads nothing a store wrote); `lt_off[t]` = offsets of the load_kv,
@@ -43,12 +45,8 @@ REC_NONE, REC_KV, REC_LAYER = 0, 1, 2
 
 @jit
 def _put(buf, pos, vals, m):
-    """Append the distinct values >= 0 of vals[:m], sorted, to buf at pos; (buf, new pos).
-    buf grows (doubles) when full."""
-    if pos + m > buf.shape[0]:
-        bigger = np.empty(max(2 * buf.shape[0], pos + m), np.int64)
-        bigger[:pos] = buf[:pos]
-        buf = bigger
+    """Append the distinct values >= 0 of vals[:m], sorted, to buf at pos; returns the new pos
+    (buf is sized for the most an op can have)."""
     start = pos
     for a in range(m):
         v = vals[a]
@@ -64,23 +62,30 @@ def _put(buf, pos, vals, m):
             buf[r] = buf[r - 1]
         buf[q] = v
         pos += 1
-    return buf, pos
+    return pos
 
 
 @jit
 def emit_block(n_steps, L, k, barrier_on, w_pay, w_early, lt_of, lt_ptr, lt_pay, lt_tok, lt_off,
                ct_of, ct, st_of, st_has, st_ptr, st_pay, pay_stream, n_streams, n_ops):
-    """(payload, item, deps_ptr, deps_idx, after_ptr, after_idx) of every op, in issue order."""
+    """(payload, layer, step, micro-batch, deps_ptr, deps_idx, after_ptr, after_idx) of every
+    op, in issue order."""
     per_step = L * k
     n_items = n_steps * per_step
     n_layers = n_steps * L
     nw = w_pay.shape[0]
     pay = np.empty(n_ops, np.int64)
-    item = np.empty(n_ops, np.int64)
+    item = np.empty(n_ops, np.int64)  # the op's item, (step * L + layer) * k + micro-batch
     dptr = np.zeros(n_ops + 1, np.int64)
     aptr = np.zeros(n_ops + 1, np.int64)
-    didx = np.empty(2 * n_ops + 16, np.int64)
-    aidx = np.empty(2 * n_ops + 16, np.int64)
+    # at most: deps, the stores of one item or 4; after, k tails (a weight load) or an item's
+    # stores, plus the barrier (one op per stream)
+    st_most = 0
+    for q in range(st_ptr.shape[0] - 1):
+        st_most = max(st_most, st_ptr[q + 1] - st_ptr[q])
+    most = k + n_streams + st_most + 4
+    didx = np.empty(n_ops * (st_most + 4), np.int64)
+    aidx = np.empty(n_ops * most, np.int64)
     nd = 0
     na = 0
     nid = 0  # the next op id
@@ -101,8 +106,8 @@ def emit_block(n_steps, L, k, barrier_on, w_pay, w_early, lt_of, lt_ptr, lt_pay,
     nb = 0
     since = 0
     last = np.empty(n_streams, np.int64)
-    dv = np.empty(st_pay.shape[0] + 8, np.int64)  # deps of one op
-    av = np.empty(k + n_streams + st_pay.shape[0] + 8, np.int64)  # after of one op
+    dv = np.empty(st_most + 4, np.int64)  # deps of one op
+    av = np.empty(most, np.int64)  # after of one op
     am = 0
 
     # the initial weight load and load(0) share the loop's code: item -1 issues only
@@ -149,7 +154,7 @@ def emit_block(n_steps, L, k, barrier_on, w_pay, w_early, lt_of, lt_ptr, lt_pay,
                 pay[nid] = w_pay[q]
                 item[nid] = idx * k
                 dptr[nid + 1] = nd
-                aidx, na = _put(aidx, na, av, am)
+                na = _put(aidx, na, av, am)
                 aptr[nid + 1] = na
                 if w_early[q]:
                     early[idx] = nid
@@ -158,16 +163,16 @@ def emit_block(n_steps, L, k, barrier_on, w_pay, w_early, lt_of, lt_ptr, lt_pay,
         # ---------------------------------------------------------------- store(i - 1), one behind
         x_load = -1  # an item whose loads to issue now
         if i >= 1:
-            tpl = st_of[i - 1]
+            tpl = st_of[(i - 1) // per_step, (i - 1) % k]
             if st_has[tpl]:
                 first = nid
                 for q in range(st_ptr[tpl], st_ptr[tpl + 1]):
                     pay[nid] = st_pay[q]
                     item[nid] = i - 1
                     dv[0] = attention[i - 1]
-                    didx, nd = _put(didx, nd, dv, 1)
+                    nd = _put(didx, nd, dv, 1)
                     dptr[nid + 1] = nd
-                    aidx, na = _put(aidx, na, barrier, nb)
+                    na = _put(aidx, na, barrier, nb)
                     aptr[nid + 1] = na
                     nid += 1
                 st_first[i - 1] = first
@@ -190,7 +195,7 @@ def emit_block(n_steps, L, k, barrier_on, w_pay, w_early, lt_of, lt_ptr, lt_pay,
                         n_pending += 1
             if x < 0:
                 continue
-            tpl = lt_of[x]
+            tpl = lt_of[x // per_step, 0 if (x // k) % L == 0 else 1, x % k]
             if lt_ptr[tpl] == lt_ptr[tpl + 1]:
                 continue
             loads_first[x] = nid
@@ -209,15 +214,15 @@ def emit_block(n_steps, L, k, barrier_on, w_pay, w_early, lt_of, lt_ptr, lt_pay,
                 if not lt_tok[q] and w_first >= 0:
                     for r in range(w_cnt):
                         dv[r] = w_first + r
-                    didx, nd = _put(didx, nd, dv, w_cnt)
+                    nd = _put(didx, nd, dv, w_cnt)
                 dptr[nid + 1] = nd
-                aidx, na = _put(aidx, na, av, am)
+                na = _put(aidx, na, av, am)
                 aptr[nid + 1] = na
                 nid += 1
         if i < 0:
             continue
         # ---------------------------------------------------------------- compute(i)
-        c = ct[ct_of[i]]
+        c = ct[ct_of[t, 1 if layer == L - 1 else 0, j]]
         w = weights[li]
         hidden_in = -1
         if i >= k:
@@ -248,18 +253,18 @@ def emit_block(n_steps, L, k, barrier_on, w_pay, w_early, lt_of, lt_ptr, lt_pay,
                 else:
                     dv[0] = nid - 1
                     m = 1
-                didx, nd = _put(didx, nd, dv, m)
+                nd = _put(didx, nd, dv, m)
                 dptr[nid + 1] = nd
                 if q == 0:
-                    aidx, na = _put(aidx, na, av, am)
+                    na = _put(aidx, na, av, am)
                 else:
-                    aidx, na = _put(aidx, na, barrier, nb)
+                    na = _put(aidx, na, barrier, nb)
                 aptr[nid + 1] = na
                 nid += 1
             st_first[i] = sent
             st_cnt[i] = 1
         else:
-            tpl = lt_of[i]
+            tpl = lt_of[t, 0 if layer == 0 else 1, j]
             base = loads_first[i]
             rec = -1
             if c[CT_REC] >= 0:
@@ -277,9 +282,9 @@ def emit_block(n_steps, L, k, barrier_on, w_pay, w_early, lt_of, lt_ptr, lt_pay,
                 rec = nid
                 pay[nid] = c[CT_REC]
                 item[nid] = i
-                didx, nd = _put(didx, nd, dv, 2)
+                nd = _put(didx, nd, dv, 2)
                 dptr[nid + 1] = nd
-                aidx, na = _put(aidx, na, barrier, nb)
+                na = _put(aidx, na, barrier, nb)
                 aptr[nid + 1] = na
                 nid += 1
             attn = nid
@@ -289,9 +294,9 @@ def emit_block(n_steps, L, k, barrier_on, w_pay, w_early, lt_of, lt_ptr, lt_pay,
             dv[1] = hidden_in
             dv[2] = rec
             dv[3] = base + lt_off[tpl, 0] if lt_off[tpl, 0] >= 0 else -1
-            didx, nd = _put(didx, nd, dv, 4)
+            nd = _put(didx, nd, dv, 4)
             dptr[nid + 1] = nd
-            aidx, na = _put(aidx, na, av, am)
+            na = _put(aidx, na, av, am)
             aptr[nid + 1] = na
             nid += 1
         attention[i] = attn
@@ -300,9 +305,9 @@ def emit_block(n_steps, L, k, barrier_on, w_pay, w_early, lt_of, lt_ptr, lt_pay,
         item[nid] = i
         dv[0] = w  # the weights arrived before attention was issued
         dv[1] = attn
-        didx, nd = _put(didx, nd, dv, 2)
+        nd = _put(didx, nd, dv, 2)
         dptr[nid + 1] = nd
-        aidx, na = _put(aidx, na, barrier, nb)
+        na = _put(aidx, na, barrier, nb)
         aptr[nid + 1] = na
         nid += 1
         if c[CT_LM] >= 0:
@@ -311,9 +316,9 @@ def emit_block(n_steps, L, k, barrier_on, w_pay, w_early, lt_of, lt_ptr, lt_pay,
             pay[nid] = c[CT_LM]
             item[nid] = i
             dv[0] = nid - 1
-            didx, nd = _put(didx, nd, dv, 1)
+            nd = _put(didx, nd, dv, 1)
             dptr[nid + 1] = nd
-            aidx, na = _put(aidx, na, barrier, nb)
+            na = _put(aidx, na, barrier, nb)
             aptr[nid + 1] = na
             nid += 1
         else:
@@ -337,17 +342,19 @@ def emit_block(n_steps, L, k, barrier_on, w_pay, w_early, lt_of, lt_ptr, lt_pay,
                     barrier[nb] = last[s]
                     nb += 1
             barrier[:nb].sort()
-    tpl = st_of[n_items - 1]
+    tpl = st_of[n_steps - 1, k - 1]
     if st_has[tpl]:
         for q in range(st_ptr[tpl], st_ptr[tpl + 1]):
             pay[nid] = st_pay[q]
             item[nid] = n_items - 1
             dv[0] = attention[n_items - 1]
-            didx, nd = _put(didx, nd, dv, 1)
+            nd = _put(didx, nd, dv, 1)
             dptr[nid + 1] = nd
-            aidx, na = _put(aidx, na, barrier, nb)
+            na = _put(aidx, na, barrier, nb)
             aptr[nid + 1] = na
             nid += 1
     if n_pending:
         raise RuntimeError("a cache load was never issued")
-    return pay[:nid], item[:nid], dptr[:nid + 1], didx[:nd], aptr[:nid + 1], aidx[:na]
+    item = item[:nid]
+    return (pay[:nid], (item // k) % L, item // per_step, item % k, dptr[:nid + 1], didx[:nd], aptr[:nid + 1],
+            aidx[:na])
