@@ -70,10 +70,11 @@ def effective_point(point: PointSpec) -> PointSpec:
     return point.model_copy(update={"policy": pol.model_copy(update={"weights_gpu_percent": real})})
 
 
-def build_schedule(point: PointSpec, check_memory: bool = True) -> Schedule:
-    """The schedule of one point; raises `MemoryPlanError` if it does not fit."""
+def build_schedule(point: PointSpec, check_memory: bool = True, compiled: bool = True) -> Schedule:
+    """The schedule of one point; raises `MemoryPlanError` if it does not fit.
+    compiled=False emits the ops with the plain-Python form of the kernel (for the tests)."""
     run = effective_point(point)
-    return _BlockBuilder(run, scheme_for(run.policy, run), block_options(run)).build(check_memory)
+    return _BlockBuilder(run, scheme_for(run.policy, run), block_options(run)).build(check_memory, compiled)
 
 
 class _BlockBuilder:
@@ -339,7 +340,7 @@ class _BlockBuilder:
                 host += (first * (L - 1) + last) * mult if L > 1 else last * mult
         return host
 
-    def build(self, check_memory: bool) -> Schedule:
+    def build(self, check_memory: bool, compiled: bool = True) -> Schedule:
         n, L, k = self.wl.gen_len, self.L, self.k
         meta = ScheduleMeta(
             model=self.m.name, hardware=self.point.hardware.name, policy=self.pol.label,
@@ -353,14 +354,14 @@ class _BlockBuilder:
             wl = self.wl
             check_plan(plan, f"{self.m.name} on {self.point.hardware.name}, {self.pol.label}, batch {wl.batch} "
                        f"({k}x{self.gbs}), prompt {wl.prompt_len}, gen {wl.gen_len}")
-        cols = self._emit()
+        cols = self._emit(compiled)
         payloads = [None] * len(self.payloads)
         for key, idx in self.payloads.items():
             payloads[idx] = key
         return Schedule.from_arrays(meta, plan, payloads, *cols, gpu_static_bytes=gpu_static,
                                     host_static_bytes=host_static)
 
-    def _emit(self):
+    def _emit(self, compiled: bool = True):
         """Issue every op in FlexGen's program order (see the module docstring); returns the
         arrays (payload, layer, step, micro-batch, deps CSR, after CSR).
 
@@ -434,7 +435,7 @@ class _BlockBuilder:
                     + (ct_len[:, 0].sum() * (L - 1) + ct_len[:, 1].sum() if L > 1 else ct_len[:, 1].sum()))
         stream_code = {s: c for c, s in enumerate(Stream)}
         pay_stream = arr([stream_code[s] for s in self.payload_stream])
-        cols = emit_block(
+        cols = (emit_block if compiled else emit_block.py_func)(
             n_steps, L, k, self.opts.step_barrier,
             arr([p for p, _ in weights_t]), arr([e for _, e in weights_t], np.bool_),
             lt_of, arr(lt_ptr), arr(lt_pay), arr(lt_tok, np.bool_), arr(lt_off).reshape(-1, 3),
