@@ -385,10 +385,12 @@ class _BlockBuilder:
         def sid(tpl):
             return st_ids.setdefault(tpl, len(st_ids))
 
-        # template ids by (step, layer class, GPU batch); see block_emit
-        LT = [[[lid(loads_t(t, c, j)) for j in range(k)] for c in (0, min(1, L - 1))] for t in range(n_steps)]
-        CT = [[[cid(compute_t(t, c, j)) for j in range(k)] for c in (0, L - 1)] for t in range(n_steps)]
-        ST = [[sid(stores_t(t, j)) for j in range(k)] for t in range(n_steps)]
+        # template ids by (step, layer class, GPU batch); see block_emit. A uniform scheme
+        # gives every GPU batch the template of GPU batch 0.
+        js = range(1) if self.j_key(1) == 0 else range(k)
+        LT = [[[lid(loads_t(t, c, j)) for j in js] for c in (0, min(1, L - 1))] for t in range(n_steps)]
+        CT = [[[cid(compute_t(t, c, j)) for j in js] for c in (0, L - 1)] for t in range(n_steps)]
+        ST = [[sid(stores_t(t, j)) for j in js] for t in range(n_steps)]
 
         # loads: CSR of (payload, is token ids) per template; offsets of load_kv, load_act, load_tokens
         lt_ptr, lt_pay, lt_tok, lt_off = [0], [], [], []
@@ -425,7 +427,9 @@ class _BlockBuilder:
         def arr(xs, dtype=np.int64):
             return np.asarray(xs, dtype=dtype).reshape(-1) if len(xs) else np.zeros(0, dtype=dtype)
 
-        lt_of, ct_of, st_of = (np.asarray(x, dtype=np.int64) for x in (LT, CT, ST))
+        lt_of, ct_of, st_of = (np.ascontiguousarray(np.broadcast_to(np.asarray(x, dtype=np.int64),
+                                                                    (n_steps, *np.shape(x)[1:-1], k)))
+                               for x in (LT, CT, ST))
         # ops: every layer's weights, and each item's loads, compute and stores
         lt_len = np.diff(arr(lt_ptr))[lt_of]
         st_len = (np.diff(arr(st_ptr)) * arr(st_has))[st_of]
