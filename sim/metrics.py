@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .engine import SimResult, critical_path_ns
-from .schedule import Stream
+from .schedule import PAYLOAD_FIELDS, Stream
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,22 +54,31 @@ def memory_occupancy(result: SimResult) -> pd.DataFrame:
 
 def peak_memory_bytes(result: SimResult, compiled: bool = True) -> tuple[int, int]:
     """(peak GPU bytes, peak host bytes) in use: the maxima of `memory_occupancy`, from the
-    arrays, with no table (compiled=False runs the kernel as plain Python).
+    arrays with no table (`replay_kernels.metrics_kernel`; compiled=False runs it as plain
+    Python). Host memory only grows (stores keep their bytes for good), so its peak is what
+    it holds at the end."""
+    return _summary(result, compiled)["peak"]
 
-    GPU: the changes sorted by (time, frees before allocations); within one instant the
-    running sum then first falls and then rises to the instant's net level, so its maximum
-    over all changes equals `memory_occupancy`'s maximum over instants. Host memory only
-    grows (stores keep their bytes for good), so its peak is what it holds at the end."""
-    from .replay_kernels import gpu_events_kernel
+
+def _summary(result: SimResult, compiled: bool = True) -> dict:
+    """What `run_metrics` reads of a replay, in one kernel pass."""
+    from .replay_kernels import metrics_kernel
 
     sched = result.schedule
-    kernel = gpu_events_kernel if compiled else gpu_events_kernel.py_func
-    key, delta = kernel(result.start_ns, result.end_ns, sched.deps_ptr, sched.deps_idx, sched.column("gpu_bytes"),
-                        sched.column("workspace_bytes"))
-    rise = int(np.cumsum(delta[np.argsort(key, kind="stable")]).max(initial=0))  # nearly sorted: timsort is fast
-    host = sched.column("host_alloc_bytes")
+    kernel = metrics_kernel if compiled else metrics_kernel.py_func
+    per = sched.payload_column
+    busy, link, prefill_compute, prefill_any, rise = kernel(
+        sched.stream_code, result.duration_ns, result.start_ns, result.end_ns, sched.step_col, sched.payload_index,
+        per(PAYLOAD_FIELDS.index("gpu_bytes")), per(PAYLOAD_FIELDS.index("workspace_bytes")),
+        per(PAYLOAD_FIELDS.index("link_bytes")), sched.deps_ptr, sched.deps_idx, len(Stream))
+    host = per(PAYLOAD_FIELDS.index("host_alloc_bytes"))
     assert host.min(initial=0) >= 0, "a negative host allocation"
-    return sched.gpu_static_bytes + rise, int(sched.host_static_bytes + host.sum())
+    uses = np.bincount(sched.payload_index, minlength=len(host))
+    return {
+        "busy_ns": busy.tolist(), "link_bytes": link.tolist(),
+        "prefill_end_ns": int(prefill_compute if prefill_compute >= 0 else prefill_any),
+        "peak": (sched.gpu_static_bytes + int(rise), sched.host_static_bytes + int(host @ uses)),
+    }
 
 
 def run_metrics(result: SimResult) -> dict[str, float]:
@@ -79,22 +88,15 @@ def run_metrics(result: SimResult) -> dict[str, float]:
     makespan_s = result.makespan_s
     # Prefill ends when its last GPU compute (the first tokens' LM head) ends; its trailing
     # cache stores count in decode, which they delay (or not) like any other op.
-    step0 = sched.step_col == 0
-    prefill_compute = step0 & (sched.stream_code == list(Stream).index(Stream.compute))
-    prefill_s = float(result.end_ns[prefill_compute if prefill_compute.any() else step0].max()) / 1e9
+    summary = _summary(result)
+    prefill_s = summary["prefill_end_ns"] / 1e9
     decode_s = makespan_s - prefill_s
-    busy_s = {}
-    link_bytes = {}
-    codes = sched.stream_code
-    links = sched.column("link_bytes")
-    for code, s in enumerate(Stream):
-        row = codes == code
-        busy_s[s] = float(dur[row].sum()) / 1e9
-        link_bytes[s] = int(links[row].sum())
+    busy_s = {s: ns / 1e9 for s, ns in zip(Stream, summary["busy_ns"], strict=True)}
+    link_bytes = dict(zip(Stream, summary["link_bytes"], strict=True))
     bound_s = max(busy_s.values())
     generated = meta.batch * meta.gen_len
     decoded = meta.batch * (meta.gen_len - 1)
-    peak_gpu, peak_host = peak_memory_bytes(result)
+    peak_gpu, peak_host = summary["peak"]
     return {
         "makespan_s": makespan_s,
         "prefill_s": prefill_s,

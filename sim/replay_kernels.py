@@ -1,5 +1,6 @@
 """Compiled kernels over a schedule's arrays: the list-scheduling replay (with the critical
-path) and the peak of GPU memory in use. See `compiled` for how they run (numba, or the
+path) and the one pass `metrics.run_metrics` makes over a replay (busy time, link bytes,
+prefill end, peak of GPU memory in use). See `compiled` for how they run (numba, or the
 same code as plain Python); `engine` and `metrics` call them.
 """
 
@@ -51,40 +52,83 @@ def list_replay_kernel(stream, dur, deps_ptr, deps_idx, after_ptr, after_idx, n_
 
 
 @jit
-def gpu_events_kernel(start, end, deps_ptr, deps_idx, gpu_bytes, workspace_bytes):
-    """(key, delta) of every change of GPU memory in use, as `metrics.memory_occupancy`
-    counts them: an op's output lives from its start until its last data consumer ends, its
-    workspace while it runs. key = 2 x time, + 1 for an allocation, so that sorted by key
-    the frees of an instant come before its allocations (see `metrics.peak_memory_bytes`)."""
-    n = start.shape[0]
+def metrics_kernel(stream, dur, start, end, step, payload, pay_gpu, pay_ws, pay_link, deps_ptr, deps_idx,
+                   n_streams):
+    """One pass over a replayed schedule for `metrics.run_metrics`: (busy ns per stream, link
+    bytes per stream, end of the last step-0 compute op (-1: none), end of the last step-0
+    op, the peak rise of GPU memory in use above the static bytes).
+
+    GPU memory as `metrics.memory_occupancy` counts it: an op's output lives from its start
+    until its last data consumer ends, its workspace while it runs, and what is freed and
+    allocated at one instant counts as one change. Every change happens at an op's start
+    (allocations) or end (frees), and on each stream starts and ends both grow in op order,
+    so walking the streams' queues side by side visits the instants in time order, with no
+    sort: at each instant, all frees, then all allocations, then the level is a candidate
+    for the peak."""
+    n = stream.shape[0]
+    busy = np.zeros(n_streams, np.int64)
+    link = np.zeros(n_streams, np.int64)
+    count = np.zeros(n_streams + 1, np.int64)
+    prefill_compute = -1
+    prefill_any = -1
     last_use = end.copy()
-    m = 0
+    freed_by = np.arange(n)  # the op whose end frees each op's output
     for i in range(n):
+        s = stream[i]
+        busy[s] += dur[i]
+        link[s] += pay_link[payload[i]]
+        count[s + 1] += 1
         e = end[i]
+        if step[i] == 0:
+            if e > prefill_any:
+                prefill_any = e
+            if s == 0 and e > prefill_compute:
+                prefill_compute = e
         for p in range(deps_ptr[i], deps_ptr[i + 1]):
             src = deps_idx[p]
             if e > last_use[src]:
                 last_use[src] = e
-        if gpu_bytes[i] != 0:
-            m += 2
-        if workspace_bytes[i] != 0:
-            m += 2
-    key = np.empty(m, np.int64)  # 2 * time, + 1 for an allocation
-    delta = np.empty(m, np.int64)
-    q = 0
+                freed_by[src] = i
+    alloc = np.empty(n, np.int64)
+    free = np.zeros(n, np.int64)
     for i in range(n):
-        g = gpu_bytes[i]
-        if g != 0:
-            key[q] = 2 * start[i] + 1
-            delta[q] = g
-            key[q + 1] = 2 * last_use[i]
-            delta[q + 1] = -g
-            q += 2
-        w = workspace_bytes[i]
-        if w != 0:
-            key[q] = 2 * start[i] + 1
-            delta[q] = w
-            key[q + 1] = 2 * end[i]
-            delta[q + 1] = -w
-            q += 2
-    return key, delta
+        ws = pay_ws[payload[i]]
+        alloc[i] = pay_gpu[payload[i]] + ws
+        free[i] += ws
+        free[freed_by[i]] += pay_gpu[payload[i]]
+    # each stream's ops, in op order
+    for s in range(n_streams):
+        count[s + 1] += count[s]
+    queue = np.empty(n, np.int64)
+    fill = count[:n_streams].copy()
+    for i in range(n):
+        queue[fill[stream[i]]] = i
+        fill[stream[i]] += 1
+    next_end = count[:n_streams].copy()
+    next_start = count[:n_streams].copy()
+    level = 0
+    peak = 0
+    while True:
+        t = -1
+        for s in range(n_streams):
+            if next_end[s] < count[s + 1]:
+                e = end[queue[next_end[s]]]
+                if t < 0 or e < t:
+                    t = e
+            if next_start[s] < count[s + 1]:
+                e = start[queue[next_start[s]]]
+                if t < 0 or e < t:
+                    t = e
+        if t < 0:
+            break
+        for s in range(n_streams):
+            while next_end[s] < count[s + 1] and end[queue[next_end[s]]] == t:
+                level -= free[queue[next_end[s]]]
+                next_end[s] += 1
+        for s in range(n_streams):
+            while next_start[s] < count[s + 1] and start[queue[next_start[s]]] == t:
+                level += alloc[queue[next_start[s]]]
+                next_start[s] += 1
+        if level > peak:
+            peak = level
+    return busy, link, prefill_compute, prefill_any, peak
