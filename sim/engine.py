@@ -21,7 +21,6 @@ bundled scenario, compiled and as plain Python.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
 from typing import TYPE_CHECKING
 
 import numpy as np

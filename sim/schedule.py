@@ -185,7 +185,7 @@ def _tuples(ptr: np.ndarray, idx: np.ndarray) -> list[tuple[int, ...]]:
     """The int tuples of a CSR (ptr, idx) pair."""
     flat = idx.tolist()
     bounds = ptr.tolist()
-    return [tuple(flat[a:b]) for a, b in zip(bounds, bounds[1:])]
+    return [tuple(flat[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 class Schedule:

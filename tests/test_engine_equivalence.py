@@ -75,11 +75,11 @@ def test_without_numba_the_kernels_run_as_plain_python():
         "import json, sys\n"
         "from hssim.sim import compiled\n"
         "from hssim.sim.api import run_point\n"
-        "sys.path.insert(0, {tests!r})\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from conftest import make_point\n"
         "p = make_point('opt-1.3b', layers=2, gen_len=3, kind='hybrid', kv_ratio=0.5, num_gpu_batches=2)\n"
         "print(json.dumps([compiled.COMPILED, 'numba' in sys.modules, run_point(p).metrics]))\n"
-    ).format(tests=str(Path(__file__).parent))
+    )
     out = {}
     for flag in ("1", "0"):
         env = {**os.environ, "HSSIM_NO_NUMBA": flag}

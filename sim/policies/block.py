@@ -35,7 +35,6 @@ from .placement import flexgen_gpu_weight_percent, kv_proj_early_params
 from .registry import scheme_for
 from .schemes import CacheScheme
 
-
 #: link kinds that move cache state (K,V, activations) rather than weights or hidden states
 CACHE_LINK_KINDS = frozenset({OpKind.load_kv, OpKind.load_act, OpKind.store_kv, OpKind.store_act})
 

@@ -238,7 +238,7 @@ def emit_block(n_steps, L, k, barrier_on, w_pay, w_early, lt_of, lt_ptr, lt_pay,
             am += 1
         if c[CT_MODE] == 1:  # CPU attention: qkv_proj -> store_qkv -> cpu_attention -> load_attn_out -> out_proj
             qkv = nid
-            sent, cpu, back, attn = qkv + 1, qkv + 2, qkv + 3, qkv + 4
+            sent, back, attn = qkv + 1, qkv + 3, qkv + 4
             for q in range(5):
                 pay[nid] = c[CT_QKV + q]
                 item[nid] = i
@@ -255,10 +255,7 @@ def emit_block(n_steps, L, k, barrier_on, w_pay, w_early, lt_of, lt_ptr, lt_pay,
                     m = 1
                 nd = _put(didx, nd, dv, m)
                 dptr[nid + 1] = nd
-                if q == 0:
-                    na = _put(aidx, na, av, am)
-                else:
-                    na = _put(aidx, na, barrier, nb)
+                na = _put(aidx, na, av, am) if q == 0 else _put(aidx, na, barrier, nb)
                 aptr[nid + 1] = na
                 nid += 1
             st_first[i] = sent
