@@ -26,7 +26,9 @@ and `st_of[t, j]` for the loads, compute and stores of item (t, layer, j).
   store_qkv, cpu_attention, load_attn_out, out_proj, ffn, lm_head; -1: none);
 - stores: `st_has[t]` (0: the item has no store step, CPU attention appends K,V itself),
   `st_ptr[t]:st_ptr[t + 1]` indexes `st_pay`;
-- weights: `w_pay`, `w_early` (the early W_K/W_V part, KVPR) of every layer's loads.
+- weights: `w_pay`, the payload of every layer's streamed weight load (-1: none streamed);
+- `rebuild_after_kv`: a K,V rebuild also waits for its item's K,V load (KVPR, see
+  block.py's `BlockOptions`).
 
 Runs compiled with numba, or as plain Python with the same results (see `sim.compiled`).
 """
@@ -66,14 +68,13 @@ def _put(buf, pos, vals, m):
 
 
 @jit
-def emit_block(n_steps, L, k, barrier_on, w_pay, w_early, lt_of, lt_ptr, lt_pay, lt_tok, lt_off,
+def emit_block(n_steps, L, k, barrier_on, rebuild_after_kv, w_pay, lt_of, lt_ptr, lt_pay, lt_tok, lt_off,
                ct_of, ct, st_of, st_has, st_ptr, st_pay, pay_stream, n_streams, n_ops):
     """(payload, layer, step, micro-batch, deps_ptr, deps_idx, after_ptr, after_idx) of every
     op, in issue order."""
     per_step = L * k
     n_items = n_steps * per_step
     n_layers = n_steps * L
-    nw = w_pay.shape[0]
     pay = np.empty(n_ops, np.int64)
     item = np.empty(n_ops, np.int64)  # the op's item, (step * L + layer) * k + micro-batch
     dptr = np.zeros(n_ops + 1, np.int64)
@@ -91,7 +92,6 @@ def emit_block(n_steps, L, k, barrier_on, w_pay, w_early, lt_of, lt_ptr, lt_pay,
     nid = 0  # the next op id
     # producers, by item or by layer index (t * L + layer); -1: none
     weights = np.full(n_layers, -1, np.int64)
-    early = np.full(n_layers, -1, np.int64)
     attention = np.zeros(n_items, np.int64)
     tail = np.zeros(n_items, np.int64)  # the ffn, or the LM head on the last layer
     ffn_of = np.zeros(n_items, np.int64)
@@ -140,8 +140,9 @@ def emit_block(n_steps, L, k, barrier_on, w_pay, w_early, lt_of, lt_ptr, lt_pay,
         else:
             t, layer, j, li = 0, 0, 0, -1
         # ---------------------------------------------------------------- weight_load(li + 1)
-        if j == 0 and li + 1 < n_layers and nw > 0:
+        if j == 0 and li + 1 < n_layers and w_pay >= 0:
             idx = li + 1
+            # double buffer: overwrite the buffer of the layer two back once it is done
             am = 0
             if idx >= 2:
                 for x in range((idx - 2) * k, (idx - 1) * k):
@@ -150,16 +151,13 @@ def emit_block(n_steps, L, k, barrier_on, w_pay, w_early, lt_of, lt_ptr, lt_pay,
             for b in range(nb):
                 av[am] = barrier[b]
                 am += 1
-            for q in range(nw):
-                pay[nid] = w_pay[q]
-                item[nid] = idx * k
-                dptr[nid + 1] = nd
-                na = _put(aidx, na, av, am)
-                aptr[nid + 1] = na
-                if w_early[q]:
-                    early[idx] = nid
-                weights[idx] = nid  # the last part: the whole layer has arrived
-                nid += 1
+            pay[nid] = w_pay
+            item[nid] = idx * k
+            dptr[nid + 1] = nd
+            na = _put(aidx, na, av, am)
+            aptr[nid + 1] = na
+            weights[idx] = nid
+            nid += 1
         # ---------------------------------------------------------------- store(i - 1), one behind
         x_load = -1  # an item whose loads to issue now
         if i >= 1:
@@ -265,12 +263,13 @@ def emit_block(n_steps, L, k, barrier_on, w_pay, w_early, lt_of, lt_ptr, lt_pay,
             base = loads_first[i]
             rec = -1
             if c[CT_REC] >= 0:
+                dv[0] = w
+                dv[2] = -1
                 if c[CT_REC_KIND] == REC_KV:
-                    e = early[li]
-                    dv[0] = w if e < 0 else e
                     dv[1] = base + lt_off[tpl, 1] if lt_off[tpl, 1] >= 0 else -1
+                    if rebuild_after_kv and lt_off[tpl, 0] >= 0:  # KVPR: see BlockOptions
+                        dv[2] = base + lt_off[tpl, 0]
                 else:  # recompute_layer: re-run this layer for the recomputed prefix
-                    dv[0] = w
                     if layer:
                         dv[1] = rec_of[i - k]
                     else:
@@ -279,7 +278,7 @@ def emit_block(n_steps, L, k, barrier_on, w_pay, w_early, lt_of, lt_ptr, lt_pay,
                 rec = nid
                 pay[nid] = c[CT_REC]
                 item[nid] = i
-                nd = _put(didx, nd, dv, 2)
+                nd = _put(didx, nd, dv, 3)
                 dptr[nid + 1] = nd
                 na = _put(aidx, na, barrier, nb)
                 aptr[nid + 1] = na
