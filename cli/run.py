@@ -32,8 +32,8 @@ from .common import (
 @click.option("--timeline", default=None,
               help="write the op timeline (.parquet or .csv)")
 @trace_options
-@click.option("--engine", type=click.Choice(["simpy", "list"]), default="simpy", show_default=True,
-              help="SimPy replay, or the identical list-scheduling replay (faster)")
+@click.option("--engine", type=click.Choice(["list", "simpy"]), default="list", show_default=True,
+              help="the compiled list-scheduling replay, or the SimPy model it equals op for op (slower)")
 @click.option("--max-ops", type=click.IntRange(min=1), default=MAX_OPS, show_default=True,
               help="refuse a point whose schedule would have more ops than this")
 @click.option("--layers", type=click.IntRange(min=1), default=None,

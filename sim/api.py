@@ -76,10 +76,11 @@ def estimate_ops(point: PointSpec) -> int:
     return point.workload.gen_len * point.model.layers * point.policy.num_gpu_batches * OPS_PER_ITEM
 
 
-def run_point(point: PointSpec, cost: CostModel | None = None, engine: str = "simpy") -> PointRun:
+def run_point(point: PointSpec, cost: CostModel | None = None, engine: str = "list") -> PointRun:
     """Simulate one point; raises MemoryPlanError if its schedule does not fit.
 
-    engine: "simpy" (the SimPy model) or "list" (the same timeline, computed directly).
+    engine: "list" (the SimPy model's timeline, computed directly by a compiled kernel) or
+    "simpy" (the SimPy model itself).
     Hardware read from a calibrated profile is priced by that profile (with its
     contention blend) unless `cost` is given.
     """

@@ -12,20 +12,24 @@ the makespan becomes the schedule's critical path: a check, and a lower bound.
 `list_replay` computes the very same timeline without SimPy, by list scheduling in op
 order (an op starts when its stream's previous op and everything it waits for have
 ended: exactly the SimPy model's rule, since ops are in topological order and each
-stream's queue is in op order). Sweeps use it for speed; a test holds the two equal
-op for op on every bundled scenario.
+stream's queue is in op order), in a compiled kernel over the schedule's arrays
+(`replay_kernels.list_replay_kernel`; plain Python where numba is missing). `hssim run`,
+sweeps and searches use it; tests hold it equal to the SimPy model op for op on every
+bundled scenario, compiled and as plain Python.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-import simpy
 
 from .costs.roofline import CostModel, durations_ns
 from .schedule import Schedule, Stream
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TIMELINE_COLUMNS = [
     "op_id", "stream", "kind", "layer", "step", "micro_batch", "start_s", "end_s",
@@ -52,6 +56,8 @@ class SimResult:
 
     def timeline(self) -> pd.DataFrame:
         """One row per op in the shared Timeline schema (seconds from the start)."""
+        import pandas as pd
+
         sched = self.schedule
         streams = np.array([p[0].value for p in sched.payloads], dtype=object)
         kinds = np.array([p[1].value for p in sched.payloads], dtype=object)
@@ -76,44 +82,34 @@ class SimResult:
 ENGINES = ("simpy", "list")
 
 
-def simulate(schedule: Schedule, cost: CostModel, unlimited: bool = False, engine: str = "simpy") -> SimResult:
-    """Replay `schedule` with op durations from `cost` on the SimPy model (or its
-    identical list-scheduling form, engine="list")."""
+def simulate(schedule: Schedule, cost: CostModel, unlimited: bool = False, engine: str = "list") -> SimResult:
+    """Replay `schedule` with op durations from `cost`: engine="list" (the default) computes
+    the SimPy model's timeline directly, engine="simpy" runs the SimPy model itself."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; use one of {ENGINES}")
     dur = durations_ns(schedule, cost)
     if engine == "list" and not unlimited:
         return list_replay(schedule, dur)
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; use one of {ENGINES}")
     return replay(schedule, dur, unlimited=unlimited)
 
 
-def list_replay(schedule: Schedule, dur: np.ndarray) -> SimResult:
+def list_replay(schedule: Schedule, dur: np.ndarray, compiled: bool = True) -> SimResult:
     """The SimPy model's timeline, computed directly (see the module docstring); the
-    critical path (`critical_path_ns`) comes out of the same pass."""
-    n = len(schedule)
-    end = [0] * n
-    chain = [0] * n  # longest dependency chain ending with each op
-    free = [0] * len(Stream)
-    i = 0
-    for s, waits, d in zip(schedule.stream_codes, schedule.waits, dur.tolist(), strict=True):
-        t = free[s]
-        c = 0
-        for w in waits:
-            e = end[w]
-            if e > t:
-                t = e
-            e = chain[w]
-            if e > c:
-                c = e
-        end[i] = free[s] = t + d
-        chain[i] = c + d
-        i += 1  # noqa: SIM113 - a counter is faster than enumerate in this loop
-    end_ns = np.asarray(end, dtype=np.int64)
-    return SimResult(schedule, dur, end_ns - dur, end_ns, critical_ns=max(chain, default=0))
+    critical path (`critical_path_ns`) comes out of the same pass. compiled=False runs the
+    kernel as plain Python (the fallback where numba is missing), for the tests."""
+    from .replay_kernels import list_replay_kernel
+
+    kernel = list_replay_kernel if compiled else list_replay_kernel.py_func
+    dur = np.ascontiguousarray(dur, dtype=np.int64)
+    end_ns, crit = kernel(schedule.stream_code, dur, schedule.deps_ptr, schedule.deps_idx, schedule.after_ptr,
+                          schedule.after_idx, len(Stream))
+    return SimResult(schedule, dur, end_ns - dur, end_ns, critical_ns=int(crit))
 
 
 def replay(schedule: Schedule, dur: np.ndarray, unlimited: bool = False) -> SimResult:
-    """Replay with given durations (ns, indexed by op id)."""
+    """Replay with given durations (ns, indexed by op id) on the SimPy model."""
+    import simpy
+
     ops = schedule.ops
     n = len(ops)
     env = simpy.Environment()
@@ -155,13 +151,5 @@ def replay(schedule: Schedule, dur: np.ndarray, unlimited: bool = False) -> SimR
 
 
 def critical_path_ns(schedule: Schedule, dur: np.ndarray) -> int:
-    """Longest dependency chain; ops are in topological order by construction."""
-    durations = dur.tolist()
-    finish = [0] * len(durations)
-    for i, waits in enumerate(schedule.waits):
-        ready = 0
-        for d in waits:
-            if finish[d] > ready:
-                ready = finish[d]
-        finish[i] = ready + durations[i]
-    return max(finish, default=0)
+    """Longest dependency chain (deps and after; ops are in topological order by construction)."""
+    return list_replay(schedule, dur).critical_ns

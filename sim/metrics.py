@@ -8,12 +8,15 @@ beat it, so `throughput / bound` says how close a policy sits to the hardware.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from .engine import SimResult, critical_path_ns
-from .schedule import Stream
+from .schedule import PAYLOAD_FIELDS, Stream
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def memory_occupancy(result: SimResult) -> pd.DataFrame:
@@ -21,7 +24,10 @@ def memory_occupancy(result: SimResult) -> pd.DataFrame:
 
     An op's output buffer lives from its start until its last data consumer ends;
     its workspace lives while it runs; host memory grows as stores complete.
+    `peak_memory_bytes` gives the two maxima without the table.
     """
+    import pandas as pd
+
     sched = result.schedule
     start, end = result.start_ns, result.end_ns
     src, dst = sched.data_edges
@@ -46,6 +52,35 @@ def memory_occupancy(result: SimResult) -> pd.DataFrame:
     })
 
 
+def peak_memory_bytes(result: SimResult, compiled: bool = True) -> tuple[int, int]:
+    """(peak GPU bytes, peak host bytes) in use: the maxima of `memory_occupancy`, from the
+    arrays with no table (`replay_kernels.metrics_kernel`; compiled=False runs it as plain
+    Python). Host memory only grows (stores keep their bytes for good), so its peak is what
+    it holds at the end."""
+    return _summary(result, compiled)["peak"]
+
+
+def _summary(result: SimResult, compiled: bool = True) -> dict:
+    """What `run_metrics` reads of a replay, in one kernel pass."""
+    from .replay_kernels import metrics_kernel
+
+    sched = result.schedule
+    kernel = metrics_kernel if compiled else metrics_kernel.py_func
+    per = sched.payload_column
+    busy, link, prefill_compute, prefill_any, rise = kernel(
+        sched.stream_code, result.duration_ns, result.start_ns, result.end_ns, sched.step_col, sched.payload_index,
+        per(PAYLOAD_FIELDS.index("gpu_bytes")), per(PAYLOAD_FIELDS.index("workspace_bytes")),
+        per(PAYLOAD_FIELDS.index("link_bytes")), sched.deps_ptr, sched.deps_idx, len(Stream))
+    host = per(PAYLOAD_FIELDS.index("host_alloc_bytes"))
+    assert host.min(initial=0) >= 0, "a negative host allocation"
+    uses = np.bincount(sched.payload_index, minlength=len(host))
+    return {
+        "busy_ns": busy.tolist(), "link_bytes": link.tolist(),
+        "prefill_end_ns": int(prefill_compute if prefill_compute >= 0 else prefill_any),
+        "peak": (sched.gpu_static_bytes + int(rise), sched.host_static_bytes + int(host @ uses)),
+    }
+
+
 def run_metrics(result: SimResult) -> dict[str, float]:
     sched = result.schedule
     meta = sched.meta
@@ -53,22 +88,15 @@ def run_metrics(result: SimResult) -> dict[str, float]:
     makespan_s = result.makespan_s
     # Prefill ends when its last GPU compute (the first tokens' LM head) ends; its trailing
     # cache stores count in decode, which they delay (or not) like any other op.
-    step0 = sched.step_col == 0
-    prefill_compute = step0 & (sched.stream_code == list(Stream).index(Stream.compute))
-    prefill_s = float(result.end_ns[prefill_compute if prefill_compute.any() else step0].max()) / 1e9
+    summary = _summary(result)
+    prefill_s = summary["prefill_end_ns"] / 1e9
     decode_s = makespan_s - prefill_s
-    busy_s = {}
-    link_bytes = {}
-    codes = sched.stream_code
-    links = sched.column("link_bytes")
-    for code, s in enumerate(Stream):
-        row = codes == code
-        busy_s[s] = float(dur[row].sum()) / 1e9
-        link_bytes[s] = int(links[row].sum())
+    busy_s = {s: ns / 1e9 for s, ns in zip(Stream, summary["busy_ns"], strict=True)}
+    link_bytes = dict(zip(Stream, summary["link_bytes"], strict=True))
     bound_s = max(busy_s.values())
     generated = meta.batch * meta.gen_len
     decoded = meta.batch * (meta.gen_len - 1)
-    occ = memory_occupancy(result)
+    peak_gpu, peak_host = summary["peak"]
     return {
         "makespan_s": makespan_s,
         "prefill_s": prefill_s,
@@ -86,8 +114,8 @@ def run_metrics(result: SimResult) -> dict[str, float]:
         "cpu_busy": busy_s[Stream.cpu] / makespan_s,
         "h2d_bytes": link_bytes[Stream.h2d],
         "d2h_bytes": link_bytes[Stream.d2h],
-        "peak_gpu_bytes": int(occ["gpu_bytes"].max()),
-        "peak_host_bytes": int(occ["host_bytes"].max()),
+        "peak_gpu_bytes": peak_gpu,
+        "peak_host_bytes": peak_host,
         "planned_gpu_bytes": sched.memory.gpu_bytes,
         "planned_host_bytes": sched.memory.host_bytes,
         "ops": len(sched),

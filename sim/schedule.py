@@ -172,14 +172,32 @@ def payload_of(op: Op) -> tuple:
     return (op.stream, op.kind) + tuple(op[8:])
 
 
+def _csr(lists: Sequence[tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray]:
+    """(ptr, idx) of a list of int tuples: list i is idx[ptr[i]:ptr[i + 1]]."""
+    lens = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+    ptr = np.zeros(len(lists) + 1, dtype=np.int64)
+    np.cumsum(lens, out=ptr[1:])
+    idx = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int64, count=int(ptr[-1]))
+    return ptr, idx
+
+
+def _tuples(ptr: np.ndarray, idx: np.ndarray) -> list[tuple[int, ...]]:
+    """The int tuples of a CSR (ptr, idx) pair."""
+    flat = idx.tolist()
+    bounds = ptr.tolist()
+    return [tuple(flat[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
 class Schedule:
     """A schedule: its metadata, its ops, its memory plan.
 
-    Held as columns: each op is a payload (what it is and how big; the few distinct
-    payloads are stored once), an item (its step, layer and micro-batch), its deps and
-    its `after` list. `ops` materialises the `Op` tuples on first use; replays, durations
-    and metrics read the columns and never need them. Build one from `ops`, or from
-    columns with `Schedule.from_columns` (what the block builder does).
+    Held as flat arrays: each op is a payload (what it is and how big; the few distinct
+    payloads are stored once, `payloads`), an index into them (`payload`), its step, layer
+    and micro-batch (`step_col`, `layer_col`, `mb_col`), and its deps and `after` lists as
+    CSR index arrays (op i's deps are `deps_idx[deps_ptr[i]:deps_ptr[i + 1]]`, sorted).
+    `ops` (and `deps`, `after`, `waits` as tuples) are views made on first use for the
+    executors and for printing; replays, durations and metrics read the arrays. Build one
+    from `ops`, or from arrays with `Schedule.from_arrays` (what the block builder does).
     """
 
     def __init__(self, meta: ScheduleMeta, ops: Iterable[Op] = (), memory: MemoryPlan | None = None,
@@ -187,37 +205,52 @@ class Schedule:
         ops = tuple(ops)
         index: dict[tuple, int] = {}
         payload = [index.setdefault(payload_of(op), len(index)) for op in ops]
+        deps_ptr, deps_idx = _csr([op.deps for op in ops])
+        after_ptr, after_idx = _csr([op.after for op in ops])
         self._init(meta, memory, gpu_static_bytes, host_static_bytes, tuple(index), payload,
                    [op.layer for op in ops], [op.step for op in ops], [op.micro_batch for op in ops],
-                   [op.deps for op in ops], [op.after for op in ops])
+                   deps_ptr, deps_idx, after_ptr, after_idx)
         self.__dict__["ops"] = ops
 
     @classmethod
-    def from_columns(cls, meta: ScheduleMeta, memory: MemoryPlan, payloads: Sequence[tuple],
-                     payload: list[int], layer: list[int], step: list[int], micro_batch: list[int],
-                     deps: list[tuple[int, ...]], after: list[tuple[int, ...]],
-                     gpu_static_bytes: int = 0, host_static_bytes: int = 0) -> Schedule:
-        """A schedule from columns: op i is `payloads[payload[i]]` at (layer[i], step[i],
-        micro_batch[i]) with deps[i] and after[i] (sorted tuples of earlier op ids)."""
+    def from_arrays(cls, meta: ScheduleMeta, memory: MemoryPlan, payloads: Sequence[tuple], payload: np.ndarray,
+                    layer: np.ndarray, step: np.ndarray, micro_batch: np.ndarray, deps_ptr: np.ndarray,
+                    deps_idx: np.ndarray, after_ptr: np.ndarray, after_idx: np.ndarray,
+                    gpu_static_bytes: int = 0, host_static_bytes: int = 0) -> Schedule:
+        """A schedule from arrays: op i is `payloads[payload[i]]` at (layer[i], step[i],
+        micro_batch[i]); its deps and `after` lists are CSR slices of sorted, earlier op ids."""
         self = cls.__new__(cls)
         self._init(meta, memory, gpu_static_bytes, host_static_bytes, tuple(payloads), payload, layer, step,
-                   micro_batch, deps, after)
+                   micro_batch, deps_ptr, deps_idx, after_ptr, after_idx)
         return self
 
     def _init(self, meta, memory, gpu_static_bytes, host_static_bytes, payloads, payload, layer, step,
-              micro_batch, deps, after) -> None:
+              micro_batch, deps_ptr, deps_idx, after_ptr, after_idx) -> None:
         self.meta = meta
         self.memory = memory
         self.gpu_static_bytes = gpu_static_bytes
         self.host_static_bytes = host_static_bytes
         self.payloads = payloads
-        self.payload = payload
+        self.payload_index = np.asarray(payload, dtype=np.int64)
         self.layer_col = np.asarray(layer, dtype=np.int64)
         self.step_col = np.asarray(step, dtype=np.int64)
         self.mb_col = np.asarray(micro_batch, dtype=np.int64)
-        self.deps, self.after = deps, after
+        self.deps_ptr = np.asarray(deps_ptr, dtype=np.int64)
+        self.deps_idx = np.asarray(deps_idx, dtype=np.int64)
+        self.after_ptr = np.asarray(after_ptr, dtype=np.int64)
+        self.after_idx = np.asarray(after_idx, dtype=np.int64)
 
     # -------------------------------------------------------------------- ops view
+    @cached_property
+    def deps(self) -> list[tuple[int, ...]]:
+        """Per op: its data dependencies, as sorted tuples (a view of the CSR arrays)."""
+        return _tuples(self.deps_ptr, self.deps_idx)
+
+    @cached_property
+    def after(self) -> list[tuple[int, ...]]:
+        """Per op: its ordering-only dependencies, as sorted tuples."""
+        return _tuples(self.after_ptr, self.after_idx)
+
     @cached_property
     def ops(self) -> tuple[Op, ...]:
         new = tuple.__new__
@@ -225,7 +258,7 @@ class Schedule:
         return tuple(
             new(Op, (i, p[0], p[1], ly, st, mb, d, a) + p[2:])
             for i, (p, ly, st, mb, d, a) in enumerate(zip(
-                (pl[x] for x in self.payload), self.layer_col.tolist(), self.step_col.tolist(),
+                (pl[x] for x in self.payload_index.tolist()), self.layer_col.tolist(), self.step_col.tolist(),
                 self.mb_col.tolist(), self.deps,
                 self.after, strict=True))
         )
@@ -241,7 +274,7 @@ class Schedule:
         return self._by_stream[stream]
 
     def __len__(self) -> int:
-        return len(self.payload)
+        return len(self.payload_index)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Schedule):
@@ -264,26 +297,18 @@ class Schedule:
     @cached_property
     def stream_code(self) -> np.ndarray:
         """Per op: its stream's position in `Stream` (compute 0, h2d 1, d2h 2, cpu 3), as an array."""
-        code = np.array([_STREAM_CODE[p[0]] for p in self.payloads], dtype=np.int64)
-        return code[self.payload_index]
+        return self.payload_column(0, lambda s: _STREAM_CODE[s])[self.payload_index]
 
-    @cached_property
-    def stream_codes(self) -> list[int]:
-        """`stream_code` as a list."""
-        return self.stream_code.tolist()
-
-    @cached_property
-    def payload_index(self) -> np.ndarray:
-        return np.asarray(self.payload, dtype=np.int64)
+    def payload_column(self, field: int, of=None, dtype=np.int64) -> np.ndarray:
+        """Field `field` of every distinct payload (`PAYLOAD_FIELDS` order), mapped by `of`."""
+        values = (p[field] for p in self.payloads) if of is None else (of(p[field]) for p in self.payloads)
+        return np.fromiter(values, dtype=dtype, count=len(self.payloads))
 
     @cached_property
     def data_edges(self) -> tuple[np.ndarray, np.ndarray]:
         """(producer, consumer) op ids of every data dependency, as arrays."""
-        deps = self.deps
-        lens = np.fromiter(map(len, deps), dtype=np.int64, count=len(deps))
-        src = np.fromiter(itertools.chain.from_iterable(deps), dtype=np.int64, count=int(lens.sum()))
-        dst = np.repeat(np.arange(len(deps), dtype=np.int64), lens)
-        return src, dst
+        dst = np.repeat(np.arange(len(self), dtype=np.int64), np.diff(self.deps_ptr))
+        return self.deps_idx, dst
 
     def column(self, name: str, dtype=np.int64) -> np.ndarray:
         """One Op field of every op as an array (e.g. `gpu_bytes`), indexed by op id."""
@@ -293,21 +318,23 @@ class Schedule:
             col = {"layer": self.layer_col, "step": self.step_col, "micro_batch": self.mb_col}[name]
             return col.astype(dtype, copy=False)
         if name in PAYLOAD_FIELDS:
-            idx = PAYLOAD_FIELDS.index(name)
-            per = np.fromiter((p[idx] for p in self.payloads), dtype=dtype, count=len(self.payloads))
-            return per[self.payload_index]
+            return self.payload_column(PAYLOAD_FIELDS.index(name), dtype=dtype)[self.payload_index]
         idx = Op._fields.index(name)
         return np.fromiter((op[idx] for op in self.ops), dtype=dtype, count=len(self))
 
+    @cached_property
+    def _payload_counts(self) -> list[int]:
+        """How many ops use each payload."""
+        return np.bincount(self.payload_index, minlength=len(self.payloads)).tolist()
+
     def link_bytes(self, stream: Stream) -> int:
-        per = [p[2] if p[0] is stream else 0 for p in self.payloads]
-        return sum(per[x] for x in self.payload)
+        return sum(p[2] * c for p, c in zip(self.payloads, self._payload_counts, strict=True) if p[0] is stream)
 
     def bytes_by_kind(self) -> dict[OpKind, int]:
         c: Counter[OpKind] = Counter()
-        pl = self.payloads
-        for x in self.payload:
-            c[pl[x][1]] += pl[x][2]
+        for p, n in zip(self.payloads, self._payload_counts, strict=True):
+            if n:
+                c[p[1]] += p[2] * n
         return dict(c)
 
     def validate(self) -> None:

@@ -69,6 +69,24 @@ def test_run_json_prints_one_object(tmp_path):
     assert len(tl) == obj["ops"]
 
 
+def test_run_replays_with_the_list_engine_by_default_and_simpy_gives_the_same_timeline(tmp_path):
+    scen = write(tmp_path, TINY)
+    point = ("--policy", "token-recompute", "--set", "workload.prompt_len=32", "--set", "policy.kv_ratio=0.5")
+    runs = {}
+    for engine in ("default", "list", "simpy"):
+        flag = () if engine == "default" else ("--engine", engine)
+        res = invoke("run", scen, *point, *flag, "--json", "--timeline", tmp_path / f"{engine}.csv")
+        assert res.exit_code == 0, res.output
+        runs[engine] = (json.loads(res.output), pd.read_csv(tmp_path / f"{engine}.csv"))
+    assert "--engine [list|simpy]" in invoke("run", "--help").output and "default: list" in invoke(
+        "run", "--help").output
+    base_metrics, base_tl = runs["simpy"]
+    for engine in ("default", "list"):
+        metrics, tl = runs[engine]
+        assert metrics == base_metrics
+        assert tl.equals(base_tl)  # op for op: start and end of every op
+
+
 def test_schedule_prints_a_summary(tmp_path):
     scen = write(tmp_path, TINY)
     res = invoke("schedule", scen, "--policy", "kv-only", "--set", "workload.prompt_len=32")

@@ -33,8 +33,10 @@ sweep:
 """
 
 
-#: points big enough (about 0.1 s each) that an interruption lands mid-sweep however fast the simulator gets
-SLOW_SCENARIO = SCENARIO.replace("layers: 4}", "layers: 24}").replace("gen_len: 24}", "gen_len: 96}")
+#: points big enough (about 0.7 M ops, 0.05-0.1 s each with the compiled replay) that an interruption
+#: lands mid-sweep however fast the simulator gets
+SLOW_SCENARIO = (SCENARIO.replace("layers: 4}", "layers: 24}").replace("batch: 16", "batch: 64")
+                 .replace("gen_len: 24}", "gen_len: 384}").replace("num_gpu_batches: 4}", "num_gpu_batches: 16}"))
 
 
 @pytest.fixture

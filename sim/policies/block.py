@@ -33,8 +33,6 @@ from .placement import flexgen_gpu_weight_percent
 from .registry import scheme_for
 from .schemes import CacheScheme
 
-Item = tuple[int, int, int]  # (step, layer, micro_batch)
-
 #: link kinds that move cache state (K,V, activations) rather than weights or hidden states
 CACHE_LINK_KINDS = frozenset({OpKind.load_kv, OpKind.load_act, OpKind.store_kv, OpKind.store_act})
 
@@ -86,24 +84,11 @@ def effective_point(point: PointSpec) -> PointSpec:
     return point.model_copy(update={"policy": pol.model_copy(update={"weights_gpu_percent": real})})
 
 
-def build_schedule(point: PointSpec, check_memory: bool = True) -> Schedule:
-    """The schedule of one point; raises `MemoryPlanError` if it does not fit."""
+def build_schedule(point: PointSpec, check_memory: bool = True, compiled: bool = True) -> Schedule:
+    """The schedule of one point; raises `MemoryPlanError` if it does not fit.
+    compiled=False emits the ops with the plain-Python form of the kernel (for the tests)."""
     run = effective_point(point)
-    return _BlockBuilder(run, scheme_for(run.policy, run), block_options(run)).build(check_memory)
-
-
-def _ids(*xs: int | None) -> tuple[int, ...]:
-    """Sorted, distinct op ids, None dropped."""
-    return tuple(sorted({x for x in xs if x is not None}))
-
-
-def _ids2(a: int | None, b: int | None) -> tuple[int, ...]:
-    """`_ids(a, b)`, fast."""
-    if a is None:
-        return () if b is None else (b,)
-    if b is None or a == b:
-        return (a,)
-    return (a, b) if a < b else (b, a)
+    return _BlockBuilder(run, scheme_for(run.policy, run), block_options(run)).build(check_memory, compiled)
 
 
 class _BlockBuilder:
@@ -337,10 +322,6 @@ class _BlockBuilder:
         return got
 
     # ------------------------------------------------------------------ build
-    def _items(self) -> list[Item]:
-        n, L, k = self.wl.gen_len, self.L, self.k
-        return [(t, layer, j) for t in range(n) for layer in range(L) for j in range(k)]
-
     def _plan_walk(self) -> int:
         """Make every template, in the order `build` first issues an op of each (payloads are
         interned in that order); returns the host bytes the ops keep. Sizes depend only on
@@ -385,9 +366,8 @@ class _BlockBuilder:
                 host += (first * (L - 1) + last) * mult if L > 1 else last * mult
         return host
 
-    def build(self, check_memory: bool) -> Schedule:
+    def build(self, check_memory: bool, compiled: bool = True) -> Schedule:
         n, L, k = self.wl.gen_len, self.L, self.k
-        items = self._items()
         meta = ScheduleMeta(
             model=self.m.name, hardware=self.point.hardware.name, policy=self.pol.label,
             layers=L, batch=self.wl.batch, gpu_batch_size=self.gbs, num_gpu_batches=k,
@@ -400,230 +380,94 @@ class _BlockBuilder:
             wl = self.wl
             check_plan(plan, f"{self.m.name} on {self.point.hardware.name}, {self.pol.label}, batch {wl.batch} "
                        f"({k}x{self.gbs}), prompt {wl.prompt_len}, gen {wl.gen_len}")
-        cols = self._emit(items)
+        cols = self._emit(compiled)
         payloads = [None] * len(self.payloads)
         for key, idx in self.payloads.items():
             payloads[idx] = key
-        return Schedule.from_columns(meta, plan, payloads, *cols, gpu_static_bytes=gpu_static,
-                                     host_static_bytes=host_static)
+        return Schedule.from_arrays(meta, plan, payloads, *cols, gpu_static_bytes=gpu_static,
+                                    host_static_bytes=host_static)
 
-    def _emit(self, items: list[Item]):
+    def _emit(self, compiled: bool = True):
         """Issue every op in FlexGen's program order (see the module docstring); returns the
-        columns (payload, layer, step, micro-batch, deps, after).
+        arrays (payload, layer, step, micro-batch, deps CSR, after CSR).
 
-        One loop, inlined, with op ids counted rather than looked up: this is the hot path
-        of a sweep. Per op it appends a code (payload x items + item), the deps and the
-        `after` list."""
-        L, k = self.L, self.k
-        n_items = len(items)
-        n_layers = self.wl.gen_len * L
-        per_step = L * k
-        barrier_on = self.opts.step_barrier
-        N = n_items
-        # templates of every item, payloads pre-multiplied into codes (payload * N + item)
+        The templates become integer tables (block_emit's layout: a template id per step,
+        layer class and GPU batch, since a template serves a whole layer class); the
+        compiled kernel `block_emit.emit_block` walks the items and writes the ops."""
+        from .block_emit import CT_WIDTH, REC_KV, REC_LAYER, REC_NONE, emit_block
+
+        L, k, n_steps = self.L, self.k, self.wl.gen_len
         loads_t, compute_t, stores_t = self._loads_template, self._compute_template, self._stores_template
+        lt_ids: dict[tuple, int] = {}
+        ct_ids: dict[tuple, int] = {}
+        st_ids: dict[tuple | None, int] = {}
 
-        def coded_loads(tpl):
-            """(codes, is-token-ids flags, offsets of the load_kv / load_act / load_tokens op or None)."""
+        def lid(tpl):
+            return lt_ids.setdefault(tpl, len(lt_ids))
+
+        def cid(tpl):
+            return ct_ids.setdefault(tpl, len(ct_ids))
+
+        def sid(tpl):
+            return st_ids.setdefault(tpl, len(st_ids))
+
+        # template ids by (step, layer class, GPU batch); see block_emit. A uniform scheme
+        # gives every GPU batch the template of GPU batch 0.
+        js = range(1) if self.j_key(1) == 0 else range(k)
+        LT = [[[lid(loads_t(t, c, j)) for j in js] for c in (0, min(1, L - 1))] for t in range(n_steps)]
+        CT = [[[cid(compute_t(t, c, j)) for j in js] for c in (0, L - 1)] for t in range(n_steps)]
+        ST = [[sid(stores_t(t, j)) for j in js] for t in range(n_steps)]
+
+        # loads: CSR of (payload, is token ids) per template; offsets of load_kv, load_act, load_tokens
+        lt_ptr, lt_pay, lt_tok, lt_off = [0], [], [], []
+        for tpl in lt_ids:
             kinds = [kind for kind, _ in tpl]
+            lt_pay += [pay for _, pay in tpl]
+            lt_tok += [kind is OpKind.load_tokens for kind in kinds]
+            lt_ptr.append(len(lt_pay))
+            lt_off.append([kinds.index(kd) if kd in kinds else -1
+                           for kd in (OpKind.load_kv, OpKind.load_act, OpKind.load_tokens)])
+        # compute: one row per template
+        ct = np.full((len(ct_ids), CT_WIDTH), -1, dtype=np.int64)
+        for row, tpl in zip(ct, ct_ids, strict=True):
+            if tpl[0] == "cpu":  # ("cpu", qkv, sent, cpu, back, out, ffn, lm, host)
+                row[:2] = (1, REC_NONE)
+                row[4:9] = tpl[1:6]
+                ffn, lm = tpl[6], tpl[7]
+            else:  # ("gpu", rec kind, rec, attn, ffn, lm, host)
+                _, rec_kind, rec, attn, ffn, lm, _host = tpl
+                row[0] = 0
+                row[1] = REC_NONE if rec_kind is None else REC_KV if rec_kind is OpKind.recompute_kv else REC_LAYER
+                row[2] = -1 if rec is None else rec
+                row[3] = attn
+            row[9] = ffn
+            row[10] = -1 if lm is None else lm
+        # stores: CSR per template; None: no store step
+        st_ptr, st_pay, st_has = [0], [], []
+        for tpl in st_ids:
+            st_has.append(tpl is not None)
+            st_pay += [] if tpl is None else list(tpl[0])
+            st_ptr.append(len(st_pay))
+        weights = self._weights_template() if self.weight_link_bytes else -1
 
-            def off(kind):
-                return kinds.index(kind) if kind in kinds else None
+        def arr(xs, dtype=np.int64):
+            return np.asarray(xs, dtype=dtype).reshape(-1) if len(xs) else np.zeros(0, dtype=dtype)
 
-            return (tuple(pay * N for _, pay in tpl), tuple(kind is OpKind.load_tokens for kind in kinds),
-                    off(OpKind.load_kv), off(OpKind.load_act), off(OpKind.load_tokens))
-
-        def coded_compute(tpl):
-            if tpl[0] == "cpu":
-                return ("cpu", *(x * N for x in tpl[1:6]), tpl[6] * N, None if tpl[7] is None else tpl[7] * N)
-            _, rec_kind, rec, attn, ffn, lm, _host = tpl
-            return ("gpu", rec_kind, None if rec is None else rec * N, attn * N, ffn * N,
-                    None if lm is None else lm * N)
-
-        def coded_stores(tpl):
-            return None if tpl is None else tuple(p * N for p in tpl[0])
-
-        # per item, built a step at a time: a template serves a whole layer class
-        LT: list = []
-        CT: list = []
-        ST: list = []
-        for t in range(self.wl.gen_len):
-            first = [coded_loads(loads_t(t, 0, j)) for j in range(k)]
-            rest = [coded_loads(loads_t(t, 1, j)) for j in range(k)] if L > 1 else []
-            LT += first + rest * (L - 1)
-            mid = [coded_compute(compute_t(t, 0, j)) for j in range(k)] if L > 1 else []
-            CT += mid * (L - 1) + [coded_compute(compute_t(t, L - 1, j)) for j in range(k)]
-            ST += [coded_stores(stores_t(t, j)) for j in range(k)] * L
-        weights_code = self._weights_template() * N if self.weight_link_bytes else None
-        rebuild_after_kv = self.opts.rebuild_after_kv
-
-        PC: list[int] = []  # payload * N + item, per op
-        DEPS: list[tuple[int, ...]] = []
-        AFTER: list[tuple[int, ...]] = []
-        pc_app, d_app, a_app = PC.append, DEPS.append, AFTER.append
-        nid = 0  # the next op id
-        barrier: tuple[int, ...] = ()
-        bset: set[int] = set()
-
-        # producers, by item or by layer index (t * L + layer)
-        weights: list[int | None] = [None] * n_layers
-        attention: list[int] = [0] * n_items
-        tail: list[int] = [0] * n_items  # the ffn, or the LM head on the last layer
-        ffn_of: list[int] = [0] * n_items
-        lm_of: list[int | None] = [None] * n_items
-        rec_of: list[int | None] = [None] * n_items
-        stores: list[tuple[int, ...] | None] = [None] * n_items
-        loads_first: list[int] = [0] * n_items  # id of each item's first cache load
-        pending: dict[int, int] = {}
-        recompute_kv = OpKind.recompute_kv
-
-        def weight_load(idx: int, nid: int) -> int:
-            # double buffer: overwrite the buffer of the layer two back once it is done
-            after = tuple(tail[(idx - 2) * k:(idx - 1) * k]) if idx >= 2 else ()
-            if barrier:
-                after = tuple(sorted(bset.union(after)))
-            pc_app(weights_code + idx * k)
-            d_app(())
-            a_app(after)
-            weights[idx] = nid
-            return nid + 1
-
-        def emit_loads(i: int, nid: int) -> int:
-            codes, tok, *_ = LT[i]
-            if not codes:
-                return nid
-            loads_first[i] = nid
-            after = (attention[i - 2],) if i >= 2 else ()
-            if barrier:
-                after = tuple(sorted(bset.union(after)))
-            written = stores[i - per_step]  # the previous step's store of this (layer, micro-batch)
-            for code, is_tok in zip(codes, tok, strict=True):
-                pc_app(code + i)
-                d_app(() if is_tok else written)
-                a_app(after)
-                nid += 1
-            return nid
-
-        if weights_code is not None:
-            nid = weight_load(0, nid)
-        nid = emit_loads(0, nid)
-        since = 0
-        pstream = self.payload_stream
-
-        def synced(since: int, nid: int, barrier: tuple[int, ...]) -> tuple[int, ...]:
-            """FlexGen's sync(): what the next op waits for, the last op of each stream issued
-            since `since` (streams run in order); unchanged if nothing was issued."""
-            last: dict[Stream, int] = {}
-            for op in range(since, nid):
-                last[pstream[PC[op] // N]] = op
-            return tuple(sorted(last.values())) if last else barrier
-
-        for i in range(n_items):
-            t, layer, j = items[i]
-            if barrier_on:  # FlexGen: sync() ends every (layer, GPU batch) step
-                barrier = synced(since, nid, barrier)
-                bset = set(barrier)
-                since = nid
-            plain = barrier
-            li = t * L + layer
-            if j == 0 and li + 1 < n_layers and weights_code is not None:
-                nid = weight_load(li + 1, nid)
-            # store(i - 1): one behind (issue order across streams does not change any stream's queue)
-            if i >= 1:
-                st = ST[i - 1]
-                if st is not None:
-                    deps = (attention[i - 1],)
-                    first = nid
-                    for code in st:
-                        pc_app(code + i - 1)
-                        d_app(deps)
-                        a_app(plain)
-                        nid += 1
-                    stores[i - 1] = tuple(range(first, nid))
-                if pending and i - 1 in pending:
-                    nid = emit_loads(pending.pop(i - 1), nid)
-            # load(i + 1): one ahead
-            if i + 1 < n_items:
-                if items[i + 1][0] == 0 or stores[i + 1 - per_step] is not None:
-                    codes, tok, *_ = LT[i + 1]
-                    if codes:  # emit_loads(i + 1), inlined
-                        loads_first[i + 1] = nid
-                        after = (attention[i - 1],) if i >= 1 else ()
-                        if barrier:
-                            after = tuple(sorted(bset.union(after)))
-                        written = stores[i + 1 - per_step]
-                        for code, is_tok in zip(codes, tok, strict=True):
-                            pc_app(code + i + 1)
-                            d_app(() if is_tok else written)
-                            a_app(after)
-                            nid += 1
-                else:
-                    pending[i + 1 - per_step] = i + 1
-            # compute(i)
-            tpl = CT[i]
-            w = weights[li]
-            hidden_in = (ffn_of[i - k] if layer > 0 else lm_of[i - k]) if i >= k else None
-            drained = stores[i - 2] if i >= 2 else ()
-            if barrier:
-                drained = tuple(sorted(bset.union(drained)))
-            if tpl[0] == "cpu":
-                _, qkv_c, sent_c, cpu_c, back_c, out_c, ffn_c, lm_c = tpl
-                qkv = nid
-                sent, cpu, back, attn = qkv + 1, qkv + 2, qkv + 3, qkv + 4
-                PC.extend((qkv_c + i, sent_c + i, cpu_c + i, back_c + i, out_c + i))
-                DEPS.extend((_ids2(w, hidden_in), (qkv,), (sent,), (cpu,), _ids2(w, back)))
-                AFTER.extend((drained, plain, plain, plain, plain))
-                stores[i] = (sent,)
-                nid += 5
-            else:
-                _, rec_kind, rec_c, attn_c, ffn_c, lm_c = tpl
-                _, _, kv_off, act_off, tok_off = LT[i]
-                base = loads_first[i]
-                rec = None
-                if rec_c is not None:
-                    if rec_kind is recompute_kv:
-                        deps = _ids2(w, None if act_off is None else base + act_off)
-                        if rebuild_after_kv and kv_off is not None:  # KVPR: see BlockOptions
-                            deps = _ids(*deps, base + kv_off)
-                    else:  # recompute_layer: re-run this layer for the recomputed prefix
-                        deps = _ids2(w, rec_of[i - k] if layer else (None if tok_off is None else base + tok_off))
-                        rec_of[i] = nid
-                    rec = nid
-                    pc_app(rec_c + i)
-                    d_app(deps)
-                    a_app(plain)
-                    nid += 1
-                attn = nid
-                pc_app(attn_c + i)
-                d_app(_ids(w, hidden_in, rec, None if kv_off is None else base + kv_off))
-                a_app(drained)
-                nid += 1
-            attention[i] = attn
-            ffn_of[i] = nid
-            pc_app(ffn_c + i)
-            d_app((attn,) if w is None else (w, attn))  # the weights arrived before attention was issued
-            a_app(plain)
-            nid += 1
-            if lm_c is not None:
-                lm_of[i] = tail[i] = nid
-                pc_app(lm_c + i)
-                d_app((nid - 1,))
-                a_app(plain)
-                nid += 1
-            else:
-                tail[i] = nid - 1
-        # store(n_items - 1), after the sync that ends the last step
-        if barrier_on:
-            barrier = synced(since, nid, barrier)
-        st = ST[n_items - 1]
-        if st is not None:
-            deps = (attention[n_items - 1],)
-            for code in st:
-                pc_app(code + n_items - 1)
-                d_app(deps)
-                a_app(barrier)
-        assert not pending, "a cache load was never issued"
-
-        pc = np.asarray(PC, dtype=np.int64)
-        payload, it = np.divmod(pc, N)
-        return payload.tolist(), (it // k) % L, it // per_step, it % k, DEPS, AFTER
+        lt_of, ct_of, st_of = (np.ascontiguousarray(np.broadcast_to(np.asarray(x, dtype=np.int64),
+                                                                    (n_steps, *np.shape(x)[1:-1], k)))
+                               for x in (LT, CT, ST))
+        # ops: every layer's weights, and each item's loads, compute and stores
+        lt_len = np.diff(arr(lt_ptr))[lt_of]
+        st_len = (np.diff(arr(st_ptr)) * arr(st_has))[st_of]
+        ct_len = (np.where(ct[:, 0] == 1, 6, 2 + (ct[:, 2] >= 0)) + (ct[:, 10] >= 0))[ct_of]
+        n_ops = int(n_steps * L * (weights >= 0) + (lt_len[:, 0].sum() + lt_len[:, 1].sum() * (L - 1)
+                    if L > 1 else lt_len[:, 0].sum()) + st_len.sum() * L
+                    + (ct_len[:, 0].sum() * (L - 1) + ct_len[:, 1].sum() if L > 1 else ct_len[:, 1].sum()))
+        stream_code = {s: c for c, s in enumerate(Stream)}
+        pay_stream = arr([stream_code[s] for s in self.payload_stream])
+        cols = (emit_block if compiled else emit_block.py_func)(
+            n_steps, L, k, self.opts.step_barrier, self.opts.rebuild_after_kv, weights,
+            lt_of, arr(lt_ptr), arr(lt_pay), arr(lt_tok, np.bool_), arr(lt_off).reshape(-1, 3),
+            ct_of, ct, st_of, arr(st_has, np.bool_), arr(st_ptr), arr(st_pay), pay_stream, len(Stream), n_ops)
+        assert len(cols[0]) == n_ops, (len(cols[0]), n_ops)
+        return cols
