@@ -244,6 +244,9 @@ class ProfiledCostModel:
     profile: HardwareProfile
     model: ModelSpec
     contended: bool | None = None
+    #: a measured condition by name (`idle`, `busy`, `duplex`); overrides `contended`. Where the
+    #: profile lacks it for an op (GEMMs have no `duplex`), the op gets its idle rate.
+    condition_name: str | None = None
     _cache: dict = field(default_factory=dict, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -254,6 +257,8 @@ class ProfiledCostModel:
 
     @property
     def condition(self) -> str:
+        if self.condition_name is not None:
+            return self.condition_name
         return "busy" if self.contended else "idle"
 
     def duration_s(self, op: Op) -> float:
