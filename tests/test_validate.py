@@ -268,3 +268,17 @@ def test_harness_runs_single_ops_on_the_executors_buffers():
     assert (end >= start).all() and len(end) == len(h.schedule.ops)
     for op in h.schedule.ops[:5]:
         h.run_op(op)  # in place, on the calling thread
+
+
+def test_contention_blend_never_prices_below_every_measured_rate():
+    from hssim.sim.costs.contention import simulate_contended
+
+    p = make_point(tiny_model(layers=2), batch=4, prompt_len=16, gen_len=3, num_gpu_batches=2, kind="kv-only")
+    sched = build_schedule(p)
+    base = synthetic_profile(contention="overlap")
+    curve = base.copies["h2d/pageable/idle"]
+    fast = Curve(bytes=curve.bytes, seconds=[0.1 * s for s in curve.seconds])  # noise: "contended" faster
+    prof = base.model_copy(update={"copies": {**base.copies, **{f"{d}/pageable/{c}": fast for d in ("h2d", "d2h")
+                                                                for c in ("busy", "duplex")}}})
+    fastest = simulate(sched, ProfiledCostModel(prof, p.model, contended=True)).makespan_ns
+    assert fastest <= simulate_contended(sched, prof, p.model).makespan_ns

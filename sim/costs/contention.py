@@ -12,7 +12,8 @@ measures for every op the share `f` of its interval during which the other side
 (compute vs. copies) was busy and, for a copy, the share `g` during which the
 opposite direction was, sets its duration to
 `idle + f * (busy - idle) + g * (duplex - idle)` (each slowdown as its
-micro-benchmark measured it, counted once per neighbour), and replays again, a
+micro-benchmark measured it, counted once per neighbour; never below the
+fastest of the three measured rates), and replays again, a
 fixed number of times. Every rate comes from the micro-benchmarks; the schedule
 only decides how much of each op overlaps.
 """
@@ -95,10 +96,13 @@ def simulate_contended(schedule: Schedule, profile: HardwareProfile, model: Mode
     idle = durations_ns(schedule, ProfiledCostModel(profile, model, contended=False))
     busy = durations_ns(schedule, ProfiledCostModel(profile, model, contended=True))
     duplex = durations_ns(schedule, ProfiledCostModel(profile, model, condition_name="duplex"))
+    # two slowdowns measured as speed-ups (noise) must not add up to less than any measured rate
+    floor = np.minimum(np.minimum(idle, busy), duplex)
     result = replay(schedule, idle)
     for _ in range(iterations):
         f, g = overlap_shares(schedule, result)
-        result = replay(schedule, np.round(idle + f * (busy - idle) + g * (duplex - idle)).astype(np.int64))
+        blend = np.maximum(idle + f * (busy - idle) + g * (duplex - idle), floor)
+        result = replay(schedule, np.round(blend).astype(np.int64))
     return result
 
 
