@@ -120,13 +120,17 @@ def llc_bytes(backend: str) -> int:
 
 
 class Sweep:
-    """`copies` equal tensors, handed out one after another (`next()`), so that together they
-    exceed twice the last-level cache: each call's operand was last touched that many bytes ago."""
+    """`n` equal copies of a tensor in one allocation, handed out one after another (`next()`),
+    so that together they exceed twice the last-level cache: each call's operand was last
+    touched that many bytes ago."""
 
     def __init__(self, first, llc: int) -> None:
         nbytes = first.numel() * first.element_size()
         n = max(2, math.ceil(2 * llc / max(nbytes, 1)) + 1)
-        self.pool = [first] + [first.clone() for _ in range(n - 1)]
+        pinned = first.device.type == "cpu" and first.is_pinned()
+        block = first.new_empty((n, *first.shape), pin_memory=pinned)
+        block.copy_(first.expand_as(block))
+        self.pool = list(block.unbind(0))
         self.i = 0
 
     def next(self):
