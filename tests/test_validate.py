@@ -282,3 +282,18 @@ def test_contention_blend_never_prices_below_every_measured_rate():
                                                                 for c in ("busy", "duplex")}}})
     fastest = simulate(sched, ProfiledCostModel(prof, p.model, contended=True)).makespan_ns
     assert fastest <= simulate_contended(sched, prof, p.model).makespan_ns
+
+
+def test_attribution_reproduces_each_ops_kernels_warm_and_cold():
+    pytest.importorskip("torch")
+    from hssim.validate.attribution import bench_calls, pick_ops
+
+    p = make_point(tiny_model(layers=2), batch=2, prompt_len=8, gen_len=2, num_gpu_batches=2, kind="kv-only")
+    for op in pick_ops(build_schedule(p), step=1):
+        for cold in (False, True):
+            fn = bench_calls(p, op, cold)
+            if op.kind in (OpKind.ffn, OpKind.attention, OpKind.lm_head, OpKind.load_weights):
+                assert fn is not None, op.kind
+            if fn is not None:
+                fn()
+                fn()

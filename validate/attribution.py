@@ -5,6 +5,10 @@ times each condition once, in an order that rotates from round to round, so that
 load of a shared machine falls on all conditions alike; medians over the rounds are
 compared:
 
+- `bench`: the op's kernels as a micro-benchmark loop calls them (its GEMMs at its shapes
+  and its attention kernel, or one copy of its bytes), operands fixed and warm;
+- `bench_cold`: the same with every operand swept (`microbench.Sweep`), as the
+  micro-benchmarks now measure;
 - `hot`: the op on the executor's buffers, run again right after itself (operands warm
   in the caches, no neighbour): the micro-benchmarks' condition, plus the executor's
   Python dispatch;
@@ -15,11 +19,12 @@ compared:
 - `executor`: the op's duration in a whole run of the schedule, every stream thread
   running (the in-place time the validation compares against);
 
-and, priced once from micro-benchmarks run in the same process just before, `kernels`:
-the profile's time for the op without any dispatch cost (idle rates). The gaps between
-consecutive rungs attribute the difference: dispatch (`hot - kernels`), buffer life
-cycle (`cold - hot`), contention (`neighbour - cold`) and the rest of the executor
-(`executor - neighbour`: more threads than the two isolated ones, the GIL, hand-offs).
+and, priced once from micro-benchmarks run in the same process just before (not
+interleaved), `profile`: the profile's time for the op without any dispatch cost (idle
+rates). The gaps between consecutive rungs attribute the difference: dispatch and the
+elementwise glue (`hot - bench`), buffer life cycle (`cold - hot`), contention
+(`neighbour - cold`) and the rest of the executor (`executor - neighbour`: more threads
+than the two isolated ones, the GIL, hand-offs).
 Separately, `wake` is the share of each run's makespan spent on the critical path
 between an op becoming ready (its dependencies and its stream predecessor done) and its
 start: thread wake-ups, which the simulator does not charge.
@@ -44,26 +49,12 @@ from ..sim.schedule import Op, Schedule, Stream
 from ..sim.specs import PointSpec, WorkloadSpec
 from .calibrate import profile_from_bench
 from .device import device_info, require_torch
-from .measure import Harness, harness
-from .microbench import BenchPlan, run_microbenchmarks
+from .measure import Harness, attention_kernel, harness
+from .microbench import BenchPlan, Sweep, gemm_shapes, llc_bytes, run_microbenchmarks
 from .run import load_1min
 from .suite import _policies, _scaled
 
-CONDITIONS = ("hot", "cold", "neighbour", "executor")
-
-
-def llc_bytes() -> int:
-    """The last-level cache size (sysfs), 32 MiB where the OS does not say."""
-    base = Path("/sys/devices/system/cpu/cpu0/cache")
-    best = 0
-    for idx in base.glob("index*"):
-        try:
-            text = (idx / "size").read_text().strip()
-        except OSError:
-            continue
-        unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
-        best = max(best, int(text.rstrip("KMG")) * unit)
-    return best or 32 * 2**20
+CONDITIONS = ("bench", "bench_cold", "hot", "cold", "neighbour", "executor")
 
 
 class Evictor:
@@ -71,7 +62,7 @@ class Evictor:
 
     def __init__(self) -> None:
         torch = require_torch()
-        self.buf = torch.empty(2 * llc_bytes(), dtype=torch.uint8)
+        self.buf = torch.empty(2 * llc_bytes("cpu"), dtype=torch.uint8)
 
     def __call__(self) -> None:
         self.buf.fill_(1)
@@ -129,6 +120,56 @@ def wake_share(schedule: Schedule, start: np.ndarray, end: np.ndarray) -> tuple[
     return gap / 1e9, gap / makespan
 
 
+def bench_calls(point: PointSpec, op: Op, cold: bool) -> Callable[[], None] | None:
+    """The op's kernels as the micro-benchmarks call them: its GEMMs (`F.linear` at its shapes), its
+    attention kernel, or one copy of its bytes; operands fixed (`cold=False`, a loop's warm caches) or
+    swept (`cold=True`, `microbench.Sweep`). None for kinds made of small elementwise work only."""
+    torch = require_torch()
+    F = torch.nn.functional
+    m = point.model
+    dtype = {2: torch.bfloat16, 4: torch.float32}.get(m.dtype_bytes, torch.bfloat16)
+    llc = llc_bytes("cpu")
+
+    def operand(t):
+        if not cold:
+            return lambda: t
+        sw = Sweep(t, llc)
+        return sw.next
+
+    if op.stream in (Stream.h2d, Stream.d2h):
+        if op.link_bytes <= 0:
+            return None
+        src, dst = operand(torch.ones(op.link_bytes, dtype=torch.uint8)), operand(torch.empty(op.link_bytes,
+                                                                                             dtype=torch.uint8))
+        return lambda: dst().copy_(src())
+    s, g = op.shape_dict, gemm_shapes(m)
+    rows = s.get("batch", 1) * s.get("new_tokens", s.get("tokens", 1))
+    names = {"ffn": ["ffn_up", "ffn_down"], "attention": ["qkv", "out"], "lm_head": ["lm_head"],
+             "recompute_kv": ["kv"], "qkv_proj": ["qkv"], "out_proj": ["out"]}.get(op.kind.value)
+    if names is None:
+        return None
+    gemms = []
+    for name in names:
+        n, k = g[name]
+        gemms.append((torch.randn(rows if name != "lm_head" else s.get("batch", 1), k, dtype=dtype),
+                      operand(torch.randn(n, k, dtype=dtype) * 0.02)))
+    attend = None
+    if op.kind.value == "attention":
+        new, past = s["new_tokens"], s["past_tokens"]
+        kern = attention_kernel(m)
+        q = torch.randn(new, s["batch"], m.hidden, dtype=dtype)
+        ctx = torch.randn(past + new, s["batch"], 2 * m.kv_hidden, dtype=dtype)
+        attend = lambda: kern(q, ctx)  # noqa: E731
+
+    def call() -> None:
+        for x, w in gemms:
+            F.linear(x, w())
+        if attend is not None:
+            attend()
+
+    return call
+
+
 class Neighbour:
     """Loops `work` on another thread while the body runs."""
 
@@ -172,6 +213,7 @@ def attribute(h: Harness, ops: list[Op], rounds: int, say: Callable[[str], None]
     h.run_all()  # warm-up (as measure_point's), fills the caches' contents
     start, end = h.run_all()
     near = neighbours(h.schedule, start, end)
+    bench = {(op.id, c): bench_calls(h.point, op, cold=c) for op in ops for c in (False, True)}
     for r in range(rounds):
         load = load_1min()
         say(f"round {r + 1}/{rounds} (load {load:.2f})")
@@ -188,7 +230,13 @@ def attribute(h: Harness, ops: list[Op], rounds: int, say: Callable[[str], None]
             for op in ops:
                 run = lambda op=op: h.run_op(op)  # noqa: E731
                 with torch.inference_mode():
-                    if cond == "hot":
+                    if cond in ("bench", "bench_cold"):
+                        fn = bench[(op.id, cond == "bench_cold")]
+                        if fn is None:
+                            continue
+                        fn()  # as time_s: one untimed call first
+                        t = _timed(fn)
+                    elif cond == "hot":
                         run()
                         t = _timed(run)
                     elif cond == "cold":
@@ -220,16 +268,17 @@ def kernel_prices(point: PointSpec, ops: list[Op], say: Callable[[str], None]) -
 
 def summarise(raw: pd.DataFrame, kernels: dict[int, float]) -> pd.DataFrame:
     med = raw.groupby(["op_id", "kind", "condition"])["seconds"].median().unstack("condition")
-    med["kernels"] = med.index.get_level_values("op_id").map(kernels)
+    med["profile"] = med.index.get_level_values("op_id").map(kernels)
     med = med.reset_index()
     out = pd.DataFrame({"op_id": med["op_id"], "kind": med["kind"]})
-    for c in ("kernels", *CONDITIONS):
-        out[f"{c}_ms"] = med[c] * 1e3
-    out["dispatch_ms"] = out["hot_ms"] - out["kernels_ms"]
+    for c in ("profile", *CONDITIONS):
+        out[f"{c}_ms"] = med.get(c, np.nan) * 1e3
+    out["dispatch_ms"] = out["hot_ms"] - out["bench_ms"]
     out["life_cycle_ms"] = out["cold_ms"] - out["hot_ms"]
     out["contention_ms"] = out["neighbour_ms"] - out["cold_ms"]
     out["in_place_rest_ms"] = out["executor_ms"] - out["neighbour_ms"]
-    out["kernels_over_executor"] = out["kernels_ms"] / out["executor_ms"]
+    out["bench_over_executor"] = out["bench_ms"] / out["executor_ms"]
+    out["bench_cold_over_executor"] = out["bench_cold_ms"] / out["executor_ms"]
     return out.sort_values("executor_ms", ascending=False)
 
 
@@ -251,7 +300,7 @@ def _markdown(point: PointSpec, table: pd.DataFrame, runs: pd.DataFrame, loads: 
     cols = list(table.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    tot = table[[c for c in cols if c.endswith("_ms")]].sum()
+    tot = table[[c for c in cols if c.endswith("_ms")]].sum(min_count=1)
     w = runs["wake_share"]
     return "\n".join([
         f"# Attribution: {point.model.name} L{point.model.layers} b{point.workload.batch} "
@@ -265,7 +314,8 @@ def _markdown(point: PointSpec, table: pd.DataFrame, runs: pd.DataFrame, loads: 
         "",
         *lines,
         "",
-        f"Sum over these ops: kernels {tot['kernels_ms']:.2f} ms, hot {tot['hot_ms']:.2f}, cold "
+        f"Sum over these ops: warm micro-benchmark {tot['bench_ms']:.2f} ms, cold micro-benchmark "
+        f"{tot['bench_cold_ms']:.2f}, hot {tot['hot_ms']:.2f}, cold "
         f"{tot['cold_ms']:.2f}, neighbour {tot['neighbour_ms']:.2f}, executor {tot['executor_ms']:.2f}: "
         f"dispatch {tot['dispatch_ms']:+.2f}, life cycle {tot['life_cycle_ms']:+.2f}, contention "
         f"{tot['contention_ms']:+.2f}, in-place rest {tot['in_place_rest_ms']:+.2f}.",
