@@ -46,13 +46,13 @@ import pandas as pd
 
 from ..sim.costs.profile import ProfiledCostModel
 from ..sim.schedule import Op, Schedule, Stream
-from ..sim.specs import PointSpec, WorkloadSpec
+from ..sim.specs import PointSpec
 from .calibrate import profile_from_bench
 from .device import device_info, require_torch
 from .measure import Harness, attention_kernel, harness
 from .microbench import BenchPlan, Sweep, gemm_shapes, llc_bytes, run_microbenchmarks
 from .run import load_1min
-from .suite import _policies, _scaled
+from .suite import validation_set
 
 CONDITIONS = ("bench", "bench_cold", "hot", "cold", "neighbour", "executor")
 
@@ -282,18 +282,18 @@ def summarise(raw: pd.DataFrame, kernels: dict[int, float]) -> pd.DataFrame:
     return out.sort_values("executor_ms", ascending=False)
 
 
-def default_point() -> PointSpec:
-    """The standard CPU set's first model and workload (opt-1.3b, 2 layers, batch 4, prompt 32)."""
+def standard_point(index: int) -> PointSpec:
+    """Point `index` of the CPU backend's standard validation set (0: opt-1.3b L2, batch 4, prompt 32, kv-only)."""
     from ..sim.presets import HARDWARE
 
-    m = _scaled("opt-1.3b", 2, "bf16")
-    w = WorkloadSpec(batch=4, prompt_len=32, gen_len=6)
-    return PointSpec(scenario="attribution", model=m, hardware=HARDWARE["rtx4090-pcie4"], workload=w,
-                     policy=_policies(2, w.prompt_len)[0])
+    points = validation_set("cpu", "standard").points(HARDWARE["rtx4090-pcie4"])
+    if not 0 <= index < len(points):
+        raise SystemExit(f"error: --point {index}: the standard set has points 0 to {len(points) - 1}")
+    return points[index].model_copy(update={"scenario": "attribution"})
 
 
 def _markdown(point: PointSpec, table: pd.DataFrame, runs: pd.DataFrame, loads: dict[str, float], rounds: int,
-              threads: int) -> str:
+              threads: int, command: str) -> str:
     def fmt(v: float) -> str:
         return f"{v:.3f}" if isinstance(v, float) else str(v)
 
@@ -306,7 +306,7 @@ def _markdown(point: PointSpec, table: pd.DataFrame, runs: pd.DataFrame, loads: 
         f"# Attribution: {point.model.name} L{point.model.layers} b{point.workload.batch} "
         f"p{point.workload.prompt_len} g{point.workload.gen_len} {point.policy.label}",
         "",
-        "```", "python -m hssim.validate.attribution --out DIR", "```", "",
+        "```", command, "```", "",
         f"{rounds} interleaved rounds, {threads} torch thread(s) per stream thread; 1-minute load average: "
         f"start {loads['start']:.2f}, after the micro-benchmarks {loads['bench']:.2f}, end {loads['end']:.2f} "
         f"(rounds: {runs['load_1min'].min():.2f} to {runs['load_1min'].max():.2f}); {os.cpu_count()} CPUs. "
@@ -331,12 +331,11 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="output folder (attribution.md, raw.csv, runs.csv, summary.csv)")
     ap.add_argument("--rounds", type=int, default=9)
-    ap.add_argument("--policy", type=int, default=0, help="index into the standard set's policies (0: kv-only)")
+    ap.add_argument("--point", type=int, default=0, help="index into the CPU standard validation set (0 to 27)")
     ap.add_argument("--step", type=int, default=3, help="decode step whose ops are timed")
     args = ap.parse_args(argv)
     torch = require_torch()
-    point = default_point()
-    point = point.model_copy(update={"policy": _policies(2, point.workload.prompt_len)[args.policy]})
+    point = standard_point(args.point)
     say = lambda m: print(m, flush=True)  # noqa: E731
     loads = {"start": load_1min()}
     h = harness(point, "cpu")
@@ -357,7 +356,9 @@ def main(argv: list[str] | None = None) -> None:
     raw.to_csv(out / "raw.csv", index=False)
     runs.to_csv(out / "runs.csv", index=False)
     table.to_csv(out / "summary.csv", index=False)
-    text = _markdown(point, table, runs, loads, args.rounds, h.threads)
+    command = (f"python -m hssim.validate.attribution --out {args.out} --rounds {args.rounds} --point {args.point} "
+               f"--step {args.step}")
+    text = _markdown(point, table, runs, loads, args.rounds, h.threads, command)
     (out / "attribution.md").write_text(text)
     print(text)
 
