@@ -79,7 +79,7 @@ def profile_from_bench(name: str, info: DeviceInfo, bench: BenchResults,
                  "tiny models; key KIND:NORM is per model family")
     return HardwareProfile(
         name=name, device=info.as_dict(), dtype=bench.dtype, threads=bench.threads,
-        contention="overlap" if bench.backend == "cpu" else "idle",
+        contention="overlap",
         device_memory_bytes=dev_mem, host_memory_bytes=host_mem, launch_s=float(bench.launch_s),
         copies=copies, device_copy=_curve(bench.device_copy), gemm=gemm,
         attention_decode=fit_linear(attn[attn["phase"] == "decode"]),

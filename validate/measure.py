@@ -68,3 +68,61 @@ def attention_kernel(model: ModelSpec):
     from ..hw.kernels import LayerKernels
 
     return LayerKernels(model, None).attend
+
+
+@dataclass
+class Harness:
+    """A point's schedule set up on the executor's buffers, for timing single ops in place.
+
+    `run_all()` runs the whole schedule once (every stream thread, as `measure_point`
+    does) and returns (start_ns, end_ns); `run_op(op)` runs one op on the calling thread
+    with the same buffers and kernels. `threads` is the executor's torch intra-op
+    thread count per stream thread; callers set it (`torch.set_num_threads`).
+    """
+
+    point: PointSpec
+    schedule: Schedule
+    runner: object
+    backend_name: str
+    threads: int
+
+    def run_all(self):
+        from ..hw.executor import make_backend, run_once
+
+        return run_once(self.schedule, self.runner, make_backend(self.backend_name, self.schedule))
+
+    def run_op(self, op) -> None:
+        self.runner.run(op)
+
+
+def harness(point: PointSpec, backend: str = "cpu", weights: WeightCache | None = None, seed: int = 0) -> Harness:
+    """The executor's setup of `point` (schedule, plan, host and device buffers, op runner), not yet run."""
+    import os
+
+    import torch
+
+    from ..hw.buffers import DeviceBuffers, HostBuffers, host_pinning
+    from ..hw.executor import ExecutorError, check_supported, make_backend, prepare_plan
+    from ..hw.runner import OpRunner
+    from ..hw.weights import random_weights
+    from ..sim.policies import build_schedule
+    from ..sim.schedule import Stream
+
+    try:
+        check_supported(point)
+        schedule = build_schedule(point)
+        schedule.validate()
+        plan = prepare_plan(schedule, point)
+        device = make_backend(backend, schedule).device
+    except ExecutorError as e:
+        raise MeasureError(str(e)) from None
+    m, wl = point.model, point.workload
+    gen = torch.Generator().manual_seed(seed + 1)
+    prompt_ids = torch.randint(0, m.vocab, (wl.prompt_len, wl.batch), generator=gen, dtype=torch.int32)
+    w = weights.get(m) if weights else random_weights(m, seed)
+    pinning = host_pinning(schedule, backend, point.policy.pinned)
+    host = HostBuffers.allocate(point, plan, w, prompt_ids, pinning)
+    dev = DeviceBuffers.allocate(point, plan, w, prompt_ids, device)
+    active = sum(1 for s in Stream if schedule.stream_ops(s))
+    threads = torch.get_num_threads() if backend == "cuda" else max(1, (os.cpu_count() or 1) // active)
+    return Harness(point, schedule, OpRunner(point, plan, host, dev), backend, threads)

@@ -5,12 +5,12 @@ Each benchmark returns a DataFrame of raw timings (seconds per call):
 - `copies`: host->device and device->host copies against size, pinned and
   pageable host memory (pinned needs CUDA; on the CPU backend both ends are
   ordinary memory and only pageable exists), each alone (`idle`), with the other
-  direction copying at the same time (`duplex`) and, on the CPU backend, with a
-  matmul running on the neighbour thread (`busy`);
+  direction copying at the same time (`duplex`) and with a decode GEMM running on
+  the neighbour thread (`busy`);
 - `device_copy`: device memory -> device memory (the rate of elementwise work);
 - `gemm`: `F.linear` at the real (M, N, K) of every op kind of the benchmarked
-  models, decode and prefill M values; on the CPU backend also `busy` (a copy
-  running on the neighbour thread);
+  models, decode and prefill M values, alone (`idle`) and with a weight-sized copy
+  running on the neighbour thread (`busy`);
 - `attention`: the executor's attention (context concatenation + its attention
   kernel) against batch and context, decode (one new token) and prefill (causal);
 - `cpu_attention`: FlexGen's host-side attention (fp32, host memory), as the executor runs it;
@@ -19,6 +19,15 @@ Each benchmark returns a DataFrame of raw timings (seconds per call):
 
 Intra-op threads are set the way the executor sets them, so the CPU rates are
 the rates the executor's stream threads get.
+
+Operands follow the executor's buffer life cycle, not a loop's: the executor reads
+a host cache entry or a weight slot once, long after the copy that wrote it, so
+its copies and GEMMs find their operands in memory, not in the last-level cache.
+A benchmark that repeats one call on the same tensors measures the cache instead
+(`hssim.validate.attribution` measures the difference in place). So each timed
+call, and each call of a busy neighbour, takes the next slice of a `Sweep`: a
+pool of operand copies larger than twice the last-level cache (`llc_bytes`), so
+no call finds what it reads in the cache.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -93,47 +103,99 @@ def _device(backend: str):
     return torch.device("cuda" if backend == "cuda" else "cpu")
 
 
-def _neighbour_matmul(backend: str, dtype) -> Callable[[], object]:
+def llc_bytes(backend: str) -> int:
+    """The last-level cache the operands must not fit in: the GPU's L2 on CUDA
+    (`torch.cuda.get_device_properties`), the largest CPU cache in sysfs on the CPU
+    backend (32 MiB where the OS does not say)."""
+    if backend == "cuda":
+        return int(require_torch().cuda.get_device_properties(0).L2_cache_size)
+    best = 0
+    for idx in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (idx / "size").read_text().strip()
+        except OSError:
+            continue
+        unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        with contextlib.suppress(ValueError):
+            best = max(best, int(text.rstrip("KMG")) * unit)
+    return best or 32 * 2**20
+
+
+class Sweep:
+    """`n` equal copies of a tensor in one allocation, handed out one after another (`next()`),
+    so that together they exceed twice the last-level cache: each call's operand was last
+    touched that many bytes ago."""
+
+    def __init__(self, first, llc: int) -> None:
+        nbytes = first.numel() * first.element_size()
+        n = max(2, math.ceil(2 * llc / max(nbytes, 1)) + 1)
+        pinned = first.device.type == "cpu" and first.is_pinned()
+        block = first.new_empty((n, *first.shape), pin_memory=pinned)
+        block.copy_(first.expand_as(block))
+        self.pool = list(block.unbind(0))
+        self.i = 0
+
+    def next(self):
+        self.i = (self.i + 1) % len(self.pool)
+        return self.pool[self.i]
+
+
+def _empty(nbytes: int, device, pinned: bool = False):
     torch = require_torch()
-    a = torch.randn(8, 2048, dtype=dtype, device=_device(backend))
-    w = torch.randn(2048, 2048, dtype=dtype, device=_device(backend))
-    return lambda: torch.nn.functional.linear(a, w)
+    return torch.empty(nbytes, dtype=torch.uint8, device=device, pin_memory=pinned)
 
 
-def _neighbour_copy(backend: str, nbytes: int = 32 * 2**20) -> Callable[[], object]:
+def _copy_sweep(src: Sweep, dst: Sweep) -> Callable[[], object]:
+    return lambda: dst.next().copy_(src.next(), non_blocking=True)
+
+
+def _neighbour_matmul(backend: str, dtype, nk: tuple[int, int], llc: int, m: int = 8) -> Callable[[], object]:
+    """A decode GEMM of the benchmarked model's largest streamed weight, its weights cold."""
     torch = require_torch()
-    src = torch.empty(nbytes, dtype=torch.uint8)
-    dst = torch.empty(nbytes, dtype=torch.uint8, device=_device(backend))
-    return lambda: dst.copy_(src, non_blocking=True)
+    a = torch.randn(m, nk[1], dtype=dtype, device=_device(backend))
+    w = Sweep(torch.randn(*nk, dtype=dtype, device=_device(backend)) * 0.02, llc)
+    return lambda: torch.nn.functional.linear(a, w.next())
 
 
-def bench_copies(backend: str, plan: BenchPlan, dtype) -> pd.DataFrame:
-    torch = require_torch()
+def _neighbour_copy(backend: str, nbytes: int, llc: int) -> Callable[[], object]:
+    """A host -> device copy of one layer's streamed weights, source and destination cold."""
+    return _copy_sweep(Sweep(_empty(nbytes, "cpu", backend == "cuda"), llc),
+                       Sweep(_empty(nbytes, _device(backend)), llc))
+
+
+def neighbour_shapes(models: tuple[ModelSpec, ...]) -> tuple[tuple[int, int], int]:
+    """(N, K) of the largest weight GEMM and the bytes of the largest layer: what a stream's neighbour moves."""
+    best = max(((nk, nk[0] * nk[1]) for m in models for name, nk in gemm_shapes(m).items() if name != "lm_head"),
+               key=lambda t: t[1])[0]
+    return best, int(max(m.weight_bytes_per_layer for m in models))
+
+
+def bench_copies(backend: str, plan: BenchPlan, dtype, llc: int | None = None) -> pd.DataFrame:
+    """Copy time by direction, host memory, condition and size; every operand cold (`Sweep`)."""
     dev = _device(backend)
+    llc = llc_bytes(backend) if llc is None else llc
     kinds = ["pinned", "pageable"] if backend == "cuda" else ["pageable"]
+    nk, _ = neighbour_shapes(plan.models)
+    mm = _neighbour_matmul(backend, dtype, nk, llc)
     rows = []
     for memory in kinds:
         pin = memory == "pinned"
         for nbytes in plan.copy_bytes:
-            host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
-            other = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
-            gpu = torch.empty(nbytes, dtype=torch.uint8, device=dev)
-            gpu2 = torch.empty(nbytes, dtype=torch.uint8, device=dev)
-            h2d = lambda g=gpu, h=host: g.copy_(h, non_blocking=True)  # noqa: E731
-            d2h = lambda g=gpu2, h=other: h.copy_(g, non_blocking=True)  # noqa: E731
+            host, other = Sweep(_empty(nbytes, "cpu", pin), llc), Sweep(_empty(nbytes, "cpu", pin), llc)
+            gpu, gpu2 = Sweep(_empty(nbytes, dev), llc), Sweep(_empty(nbytes, dev), llc)
+            h2d, d2h = _copy_sweep(host, gpu), _copy_sweep(gpu2, other)
             conditions: dict[str, dict[str, Callable | None]] = {
                 "idle": {"h2d": None, "d2h": None},
                 "duplex": {"h2d": d2h, "d2h": h2d},
+                "busy": {"h2d": mm, "d2h": mm},
             }
-            if backend == "cpu":
-                mm = _neighbour_matmul(backend, dtype)
-                conditions["busy"] = {"h2d": mm, "d2h": mm}
             for cond, neighbours in conditions.items():
                 for direction, fn in (("h2d", h2d), ("d2h", d2h)):
                     with busy_neighbour(neighbours[direction], backend):
                         t = time_s(fn, backend, plan.min_total_s)
                     rows.append({"direction": direction, "memory": memory, "condition": cond,
                                  "bytes": nbytes, "seconds": t})
+            del host, other, gpu, gpu2
     return pd.DataFrame(rows)
 
 
@@ -149,7 +211,8 @@ def bench_device_copy(backend: str, plan: BenchPlan) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def bench_gemm(backend: str, plan: BenchPlan, dtype) -> pd.DataFrame:
+def bench_gemm(backend: str, plan: BenchPlan, dtype, llc: int | None = None) -> pd.DataFrame:
+    """`F.linear` time by shape and condition; weights cold (`Sweep`), as a streamed slot is."""
     torch = require_torch()
     F = torch.nn.functional
     dev = _device(backend)
@@ -160,18 +223,19 @@ def bench_gemm(backend: str, plan: BenchPlan, dtype) -> pd.DataFrame:
             bias = m.bias and name != "lm_head"
             old = shapes.get(nk, (bias, ()))
             shapes[nk] = (bias, tuple(sorted(set(old[1]) | set(ms))))
-    conditions: dict[str, Callable | None] = {"idle": None}
-    if backend == "cpu":
-        conditions["busy"] = _neighbour_copy(backend)
+    llc = llc_bytes(backend) if llc is None else llc
+    _, layer = neighbour_shapes(plan.models)
+    conditions: dict[str, Callable | None] = {"idle": None,
+                                              "busy": _neighbour_copy(backend, min(layer, 2 * llc), llc)}
     rows = []
     for (n, k), (bias, ms) in shapes.items():
-        w = torch.randn(n, k, dtype=dtype, device=dev) * 0.02
+        w = Sweep(torch.randn(n, k, dtype=dtype, device=dev) * 0.02, llc)
         b = torch.zeros(n, dtype=dtype, device=dev) if bias else None
         for mrows in ms:
             x = torch.randn(mrows, k, dtype=dtype, device=dev)
             for cond, neighbour in conditions.items():
                 with busy_neighbour(neighbour, backend):
-                    t = time_s(lambda x=x, w=w, b=b: F.linear(x, w, b), backend, plan.min_total_s)
+                    t = time_s(lambda x=x, w=w, b=b: F.linear(x, w.next(), b), backend, plan.min_total_s)
                 rows.append({"condition": cond, "m": mrows, "n": n, "k": k, "seconds": t})
     return pd.DataFrame(rows)
 

@@ -1,15 +1,21 @@
-"""Simulation with contention between the executor's stream threads (two passes or more).
+"""Simulation with contention between the executor's streams (two passes or more).
 
 On the CPU backend the "GPU" and the "link" are threads sharing cores and memory
 bandwidth: a GEMM runs slower while a copy is running on the neighbour thread,
-and a copy runs slower while a GEMM is. The profile has both rates (`idle`,
-measured alone; `busy`, measured with the neighbour thread always busy). The
-cost model alone cannot know whether an op will have a busy neighbour, so this
-replays the schedule with idle durations, measures for every op the share `f` of
-its interval during which the other side (compute vs. copies) was busy, sets its
-duration to `idle + f * (busy - idle)`, and replays again, a fixed number of
-times. Every rate comes from the micro-benchmarks; the schedule only decides
-how much of each op overlaps.
+and a copy runs slower while a GEMM is. On a GPU a kernel and a copy share the
+HBM, and an H2D and a D2H copy share the link and the host's memory (the
+`duplex` curves). The profile has each rate (`idle`, measured alone; `busy`,
+measured with the other side always busy; for copies also `duplex`, with the
+opposite direction copying). The cost model alone cannot know whether an op will
+have a busy neighbour, so this replays the schedule with idle durations,
+measures for every op the share `f` of its interval during which the other side
+(compute vs. copies) was busy and, for a copy, the share `g` during which the
+opposite direction was, sets its duration to
+`idle + f * (busy - idle) + g * (duplex - idle)` (each slowdown as its
+micro-benchmark measured it, counted once per neighbour; never below the
+fastest of the three measured rates), and replays again, a
+fixed number of times. Every rate comes from the micro-benchmarks; the schedule
+only decides how much of each op overlaps.
 """
 
 from __future__ import annotations
@@ -57,34 +63,51 @@ def union_intervals(start: np.ndarray, end: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=iv.dtype)
 
 
+def _share(s: np.ndarray, e: np.ndarray, mask: np.ndarray, other: np.ndarray) -> np.ndarray:
+    a, b = _busy_before(s[mask], e[mask], other)
+    return np.clip((b - a) / np.maximum(e[mask] - s[mask], 1), 0.0, 1.0)
+
+
+def overlap_shares(schedule: Schedule, result: SimResult) -> tuple[np.ndarray, np.ndarray]:
+    """Per op: (share of its interval during which the other side, compute vs. link, was busy;
+    for a copy, the share during which the opposite link direction was busy, else 0)."""
+    stream = np.array([op.stream.value for op in schedule.ops])
+    s, e = result.start_ns, result.end_ns
+    comp, h2d, d2h = stream == Stream.compute.value, stream == Stream.h2d.value, stream == Stream.d2h.value
+    links = h2d | d2h
+    side, duplex = np.zeros(len(stream)), np.zeros(len(stream))
+    if comp.any():
+        side[comp] = _share(s, e, comp, union_intervals(s[links], e[links]))
+    if links.any():
+        side[links] = _share(s, e, links, union_intervals(s[comp], e[comp]))
+    for mask, other in ((h2d, d2h), (d2h, h2d)):
+        if mask.any():
+            duplex[mask] = _share(s, e, mask, union_intervals(s[other], e[other]))
+    return side, duplex
+
+
 def overlap_share(schedule: Schedule, result: SimResult) -> np.ndarray:
     """Per op: share of its interval during which the other side (compute vs. link) was busy."""
-    streams = np.array([op.stream is Stream.compute for op in schedule.ops])
-    links = np.array([op.stream in (Stream.h2d, Stream.d2h) for op in schedule.ops])
-    s, e = result.start_ns, result.end_ns
-    comp = union_intervals(s[streams], e[streams])
-    link = union_intervals(s[links], e[links])
-    share = np.zeros(len(schedule.ops))
-    dur = np.maximum(e - s, 1)
-    for mask, other in ((streams, link), (links, comp)):
-        a, b = _busy_before(s[mask], e[mask], other)
-        share[mask] = np.clip((b - a) / dur[mask], 0.0, 1.0)
-    return share
+    return overlap_shares(schedule, result)[0]
 
 
 def simulate_contended(schedule: Schedule, profile: HardwareProfile, model: ModelSpec,
                        iterations: int = ITERATIONS) -> SimResult:
     idle = durations_ns(schedule, ProfiledCostModel(profile, model, contended=False))
     busy = durations_ns(schedule, ProfiledCostModel(profile, model, contended=True))
+    duplex = durations_ns(schedule, ProfiledCostModel(profile, model, condition_name="duplex"))
+    # two slowdowns measured as speed-ups (noise) must not add up to less than any measured rate
+    floor = np.minimum(np.minimum(idle, busy), duplex)
     result = replay(schedule, idle)
     for _ in range(iterations):
-        f = overlap_share(schedule, result)
-        result = replay(schedule, np.round(idle + f * (busy - idle)).astype(np.int64))
+        f, g = overlap_shares(schedule, result)
+        blend = np.maximum(idle + f * (busy - idle) + g * (duplex - idle), floor)
+        result = replay(schedule, np.round(blend).astype(np.int64))
     return result
 
 
 def simulate_profiled(schedule: Schedule, profile: HardwareProfile, model: ModelSpec) -> SimResult:
     """The profile's prediction: contention-blended where the profile says so, else idle rates."""
-    if profile.contention == "overlap" and "busy" in profile.gemm:
+    if profile.contention == "overlap":
         return simulate_contended(schedule, profile, model)
     return replay(schedule, durations_ns(schedule, ProfiledCostModel(profile, model)))

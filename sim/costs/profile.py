@@ -4,7 +4,8 @@ A profile holds what the micro-benchmarks measured, fitted into curves the cost
 model can evaluate at any size:
 
 - copy time against size per direction, host-memory kind and condition
-  (`idle`, `duplex`, `busy`), interpolated log-log;
+  (`idle`, `duplex`, `busy`), interpolated log-log, measured with cold operands
+  (`hssim.validate.microbench.Sweep`);
 - the device-memory rate of elementwise work;
 - a GEMM table of measured (M, N, K) -> seconds per condition, interpolated in M
   (log-log) within the nearest measured (N, K);
@@ -123,8 +124,8 @@ class HardwareProfile(_Frozen):
     device: dict[str, str | int]
     dtype: str
     threads: int = Field(description="torch intra-op threads per executor stream thread")
-    contention: str = Field(description="overlap: blend idle and busy rates by simulated overlap "
-                                        "(sim.costs.contention); idle: idle rates only")
+    contention: str = Field(description="overlap: blend idle, busy and (copies) duplex rates by simulated "
+                                        "overlap (sim.costs.contention); idle: idle rates only")
     device_memory_bytes: int
     host_memory_bytes: int
     launch_s: float
@@ -242,13 +243,17 @@ class ProfiledCostModel:
     executor's dispatch cost for that op kind; copies follow the measured copy
     curve of their direction and host-memory kind; FlexGen's host attention
     follows its own fit. `contended=True` picks the rates measured with the
-    neighbour thread busy (default: idle rates; `costs.contention` blends the
-    two by how much each op overlaps the other side).
+    neighbour thread busy, `condition_name="duplex"` the copies' rates with the
+    opposite direction copying (default: idle rates; `costs.contention` blends
+    them by how much each op overlaps the other side).
     """
 
     profile: HardwareProfile
     model: ModelSpec
     contended: bool | None = None
+    #: a measured condition by name (`idle`, `busy`, `duplex`); overrides `contended`. Where the
+    #: profile lacks it for an op (GEMMs have no `duplex`), the op gets its idle rate.
+    condition_name: str | None = None
     _cache: dict = field(default_factory=dict, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -259,6 +264,8 @@ class ProfiledCostModel:
 
     @property
     def condition(self) -> str:
+        if self.condition_name is not None:
+            return self.condition_name
         return "busy" if self.contended else "idle"
 
     def duration_s(self, op: Op) -> float:
