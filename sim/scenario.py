@@ -41,8 +41,10 @@ from .specs import (
     PolicySpec,
     WorkloadSpec,
 )
+from .uncertainty import parse_uncertainty
 
-TOP_KEYS = {"name", "description", "model", "hardware", "workload", "policies", "policy_defaults", "sweep"}
+TOP_KEYS = {"name", "description", "model", "hardware", "workload", "policies", "policy_defaults", "sweep",
+            "uncertainty"}
 REQUIRED = ("model", "hardware", "workload", "policies")
 
 
@@ -156,6 +158,7 @@ def points_from_mapping(data: Mapping, source: str, default_name: str) -> list[P
         if key not in data:
             raise ScenarioError(source, key, "missing", f"add '{key}:' (see README, Scenario format)")
     name = str(data.get("name", default_name))
+    parse_uncertainty(data.get("uncertainty"), source)  # checked here, used by `hssim sensitivity`
     sweep = data.get("sweep") or {}
     if not isinstance(sweep, Mapping):
         raise ScenarioError(source, "sweep", "must be a mapping of axis: [values]",
