@@ -304,18 +304,15 @@ def _relative(path: str, value: float, kind: SourceKind, text: str,
     return FigureRange(path, value, lo, hi, kind, text)
 
 
-def _preset_source(hw: HardwareSpec, path: str) -> Source | None:
+def _source(hw: HardwareSpec, path: str) -> Source:
+    """Where `hw`'s value of a figure comes from: its preset's source, unless a scenario changed it."""
     name = preset_name(hw)
     preset = HARDWARE.get(name)
-    if preset is None:
-        return None
-    try:
-        same = figure_value(preset, path) == figure_value(hw, path)
-    except AttributeError:
-        return None
-    if not same:
-        return None  # the scenario changed it: the preset's source no longer speaks for it
-    return PRESET_SOURCES.get(name, {}).get(path)
+    if preset is not None and path in figure_paths(preset) and figure_value(preset, path) != figure_value(hw, path):
+        return Source(SourceKind.assumption, "set in the scenario (range guessed)")
+    if preset is not None:
+        return PRESET_SOURCES.get(name, {}).get(path) or Source(SourceKind.assumption, ASSUMED)
+    return Source(SourceKind.assumption, ASSUMED)
 
 
 def figure_ranges(hw: HardwareSpec, uncertainty: Uncertainty | None = None,
@@ -337,11 +334,7 @@ def figure_ranges(hw: HardwareSpec, uncertainty: Uncertainty | None = None,
         elif calibrated is not None:
             out.append(calibrated[path])
         else:
-            src = _preset_source(hw, path)
-            if src is None:
-                changed = preset_name(hw) in HARDWARE and hw.name.endswith("*")
-                text = "set in the scenario (range guessed)" if changed else ASSUMED
-                src = Source(SourceKind.assumption, text)
+            src = _source(hw, path)
             out.append(_relative(path, value, src.kind, src.text))
     return out
 
