@@ -18,9 +18,10 @@ def scenario_uncertainty(path: str):
     return parse_uncertainty(load_yaml(Path(path)).get("uncertainty"), path)
 
 
-def analyse(groups, uncertainty, samples: int, seed: int, console, label: str = ""):
-    """`point_sensitivity` of every group, with a line per group on `console`."""
-    from ..sim.sensitivity import point_sensitivity
+def analyse(groups, uncertainty, samples: int, seed: int, console, label: str = "", skip_unfit: bool = False):
+    """`point_sensitivity` of every group, with a line per group on `console`; a group where no
+    policy fits is an error, or skipped with `skip_unfit`."""
+    from ..sim.sensitivity import NothingFits, point_sensitivity
 
     results = []
     for i, configs in enumerate(groups, 1):
@@ -30,8 +31,11 @@ def analyse(groups, uncertainty, samples: int, seed: int, console, label: str = 
                       f"({len(configs)} configurations)")
         try:
             results.append(point_sensitivity(configs, uncertainty, samples=samples, seed=seed))
-        except ValueError as e:
-            raise UserError(f"{p.scenario}: {e}") from None
+        except NothingFits as e:
+            if not skip_unfit:
+                raise UserError(f"{p.scenario}: {e}; fix: pick a point where a policy fits (--point, --set)") \
+                    from None
+            console.print(f"  skipped: {e}")
     return results
 
 

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import click
+import numpy as np
 
 from ..errors import UserError
 from .common import Command, write_table
@@ -23,8 +24,10 @@ from .common import Command, write_table
               help="run on a Dask cluster (tcp://host:8786), or 'local' to start one on this machine")
 @click.option("--fresh", is_flag=True, help="forget finished points in --out and run everything again")
 @click.option("--no-report", is_flag=True, help="skip the figures and tables (OUT/report/)")
+@click.option("--sensitivity", "with_sensitivity", is_flag=True,
+              help="also analyse how sure each point's winner is (OUT/sensitivity/; adds `robust` to the ranking)")
 def sweep(files: tuple[str, ...], out_dir: str, jobs: int | None, cluster: str | None, fresh: bool,
-          no_report: bool) -> None:
+          no_report: bool, with_sensitivity: bool) -> None:
     """Run every point of the scenario FILES; write results and rank policies per point.
 
     Resumable: rerun the same command after an interruption and finished points are kept.
@@ -50,6 +53,8 @@ def sweep(files: tuple[str, ...], out_dir: str, jobs: int | None, cluster: str |
                             "fix: rerun the same command to resume") from None
     parquet, csv = write_results(df, out)
     ranked = best_per_point(df)
+    if with_sensitivity:
+        ranked = _with_sensitivity(files, ranked, out / "sensitivity", console)
     write_table(ranked, out / "ranking.csv")
     _print_ranking(ranked)
     counts = df["status"].value_counts().to_dict() if len(df) else {}
@@ -63,6 +68,29 @@ def sweep(files: tuple[str, ...], out_dir: str, jobs: int | None, cluster: str |
         rep = build_report(df, out / "report")
         console.print(f"report: {len(rep.paths)} files in {out / 'report'} (index: {out / 'report' / 'README.md'})"
                       + (f"; left out: {', '.join(rep.skipped)}" if rep.skipped else ""))
+
+
+def _with_sensitivity(files, ranked, out: Path, console):
+    """Analyse every workload point of `files`, write OUT/sensitivity/, and add each point's `robust`,
+    `margin_pct` and `flipped_by` to the ranking's rows."""
+    import pandas as pd
+
+    from ..reports.sensitivity import summary_frame, write_sensitivity
+    from ..sim.scenario import load_points
+    from ..sim.sensitivity import DEFAULT_SAMPLES, DEFAULT_SEED, GROUP_KEYS, workload_groups
+    from .sensitivity import analyse, scenario_uncertainty
+
+    results = []
+    for f in files:
+        groups = workload_groups(load_points([f]))
+        results += analyse(groups, scenario_uncertainty(f), DEFAULT_SAMPLES, DEFAULT_SEED, console,
+                           label=f"sensitivity of {f}, ", skip_unfit=True)
+    if not results:
+        return ranked
+    write_sensitivity(results, out)
+    console.print(f"sensitivity: {len(results)} points -> {out} (read: {out / 'sensitivity.md'})")
+    summary = summary_frame(results)[[*GROUP_KEYS, "robust", "margin_pct", "flipped_by"]]
+    return pd.merge(ranked, summary, on=list(GROUP_KEYS), how="left")
 
 
 class SweepProgress:
@@ -159,13 +187,23 @@ def cluster(workers: int, host: str, port: int) -> None:
             click.echo("stopped")
 
 
+def _robust_cell(row) -> str:
+    r = row["robust"]
+    if not isinstance(r, (bool, np.bool_)):
+        return "-"  # no policy fits there: nothing was analysed
+    if r:
+        return "yes"
+    return f"no: {row['flipped_by']}" if row["flipped_by"] else "no: joint draws"
+
+
 def _print_ranking(ranked) -> None:
     from rich.console import Console
     from rich.table import Table
 
     t = Table(title="Best policy per point (best configuration of each kind)")
+    robust = "robust" in ranked.columns
     for col in ("scenario", "model", "hardware", "batch", "prompt", "gen", "winner", "tok/s", "speed-up",
-                "runner-up"):
+                "runner-up", *(("robust",) if robust else ())):
         t.add_column(col)
     for key, grp in ranked.groupby(["scenario", "model", "hardware", "batch", "prompt_len", "gen_len"], sort=False):
         grp = grp.sort_values("rank")
@@ -174,7 +212,8 @@ def _print_ranking(ranked) -> None:
         ratio = first["speedup"]
         t.add_row(*[str(k) for k in key], first["policy_label"], f"{first['throughput_tok_s']:.2f}",
                   "-" if math.isnan(ratio) else f"{ratio:.2f}x over {first['baseline']}",
-                  "-" if second is None else f"{second['policy_label']} ({second['throughput_tok_s']:.2f})")
+                  "-" if second is None else f"{second['policy_label']} ({second['throughput_tok_s']:.2f})",
+                  *((_robust_cell(first),) if robust else ()))
     console = Console()
     if not console.is_terminal:  # a log file: wide enough that no column is cut to "…"
         console = Console(width=max(console.width, 200))

@@ -54,6 +54,10 @@ DEFAULT_SEED = 0
 GROUP_KEYS = ("scenario", "model", "hardware", "batch", "prompt_len", "gen_len")
 
 
+class NothingFits(ValueError):
+    """No configuration of a workload point fits in memory: there is no winner to examine."""
+
+
 def group_key(point: PointSpec) -> tuple:
     return (point.scenario, point.model.name, point.hardware.name, point.workload.batch,
             point.workload.prompt_len, point.workload.gen_len)
@@ -65,6 +69,11 @@ def workload_groups(points: Sequence[PointSpec]) -> list[list[PointSpec]]:
     for p in points:
         groups.setdefault(group_key(p), []).append(p)
     return list(groups.values())
+
+
+def point_label(group: Mapping) -> str:
+    return (f"{group['model']} on {group['hardware']}, batch {group['batch']}, prompt {group['prompt_len']}, "
+            f"{group['gen_len']} out")
 
 
 @dataclass(frozen=True)
@@ -285,13 +294,13 @@ def point_sensitivity(configs: Sequence[PointSpec], uncertainty: Uncertainty | N
                       progress: Callable[[str], None] | None = None) -> PointSensitivity:
     """The sensitivity of the verdict at one workload point (`configs`: its policies' points).
 
-    Raises ValueError when no configuration fits in memory.
+    Raises NothingFits when no configuration fits in memory.
     """
     ev = Evaluator(configs)
     first = configs[0]
     group = dict(zip(GROUP_KEYS, group_key(first), strict=True))
     if not ev.configs:
-        raise ValueError(f"no policy fits at {group}: {ev.infeasible[0][1]}")
+        raise NothingFits(f"no policy fits at {point_label(group)}: {ev.infeasible[0][1].splitlines()[0]}")
     nominal = ev.standing()
     winner = winner_of(nominal)
     ranges = ev.ranges(uncertainty)

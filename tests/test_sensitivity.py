@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from conftest import make_point, tiny_model
@@ -165,7 +166,7 @@ SCENARIO = """
 name: tie
 model: {preset: opt-1.3b, layers: 2}
 hardware: {preset: rtx4090-pcie4, link: {h2d_pageable_Bps: 2.0e10, d2h_pageable_Bps: 2.5e10}}
-workload: {batch: 4, prompt_len: 256, gen_len: 3}
+workload: {batch: 4, prompt_len: 128, gen_len: 3}
 policy_defaults: {num_gpu_batches: 2}
 policies:
   - {kind: kv-only}
@@ -193,3 +194,29 @@ def test_cli_writes_tables_and_a_tornado_and_refuses_a_missing_point(tmp_path):
     typo.write_text(SCENARIO.replace("link.h2d_pinned_Bps", "link.h2d_pinned"))
     bad = CliRunner().invoke(main, ["sensitivity", str(typo), "--out", str(out)])
     assert bad.exit_code == 2 and bad.output.startswith("error: ") and "uncertainty.link.h2d_pinned" in bad.output
+
+
+def test_sweep_sensitivity_adds_robust_to_the_ranking(tmp_path):
+    src = tmp_path / "tie.yaml"
+    src.write_text(SCENARIO)
+    out = tmp_path / "sweep"
+    res = CliRunner().invoke(main, ["sweep", str(src), "--out", str(out), "--sensitivity", "--no-report", "-j", "1"])
+    assert res.exit_code == 0, res.output
+    ranking = pd.read_csv(out / "ranking.csv")
+    assert list(ranking["robust"]) == [False, False]  # the tie at 20 GB/s lies inside the scenario's range
+    assert ranking["flipped_by"].str.contains("link.h2d_pinned_Bps").all()
+    assert (out / "sensitivity" / "sensitivity.md").exists()
+
+
+def test_a_point_priced_by_a_profile_is_examined_over_the_profiles_narrow_ranges():
+    from hssim.sim.scenario import resolve_preset
+    from hssim.sim.specs import HardwareSpec
+
+    hw = resolve_preset("t.yaml", "hardware", "cpu-amd-epyc-2cpu-1t", HARDWARE, HardwareSpec)
+    m = tiny_model(layers=1, hidden=64, heads=2).model_copy(update={"dtype": "bf16"})  # as the profile measured
+    configs = [make_point(m, batch=2, prompt_len=16, gen_len=2, kind=k).model_copy(update={"hardware": hw})
+               for k in ("kv-only", "token-recompute")]
+    res = point_sensitivity(configs, samples=2)
+    assert {f.figure.path for f in res.figures} == set(profile_figures(load_profile(hw.profile)))
+    assert all(f.figure.kind is SourceKind.calibrated for f in res.figures)
+    assert any(f.effect for f in res.figures)
