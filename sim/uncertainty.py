@@ -13,7 +13,9 @@ figures) gets a range from the first rule that names it:
    spec gains later is covered without an entry here.
 
 The width follows the kind of source (`RELATIVE_RANGE`): a datasheet or measured
-figure a narrow band, an assumption a factor of two either way; every range is then
+figure a narrow band, an assumption a factor of two either way, unless a public
+figure bounds it (an assumed CPU attention rate reaches down to FlexGen's measured
+one); every range is then
 clipped to what the field allows (an efficiency never above 1). A figure of a preset
 that a scenario changed (`{preset: ..., link: {...}}`) is no longer the preset's
 source: it gets the assumption's width unless the scenario's `uncertainty:` gives it
@@ -69,6 +71,8 @@ ASSUMED = "assumption (range guessed)"
 class Source:
     kind: SourceKind
     text: str
+    #: absolute (low, high) where a source gives them; None: that end by `RELATIVE_RANGE` of the kind
+    bounds: tuple[float | None, float | None] = (None, None)
 
 
 def _d(text: str) -> Source:
@@ -79,6 +83,11 @@ def _m(text: str) -> Source:
     return Source(SourceKind.measured, text)
 
 
+#: FlexGen's CPU attention, as its cost model fitted it on its own host (cost_model.py cpu_flops,
+#: 0.0123 TFLOP/s): the one public measurement of that code's rate, the low end of an assumed CPU rate
+_CPU_ATTENTION = Source(SourceKind.assumption, "assumption; low end: FlexGen's fitted CPU attention rate on its "
+                        "host (cost_model.py cpu_flops, 0.0123 TFLOP/s), high end: 2x the assumed value",
+                        (0.0123e12, None))
 _PCIE4_MEASURED = _m("DESIGN.md: PCIe 4.0 x16 pinned achieved 25-26 GB/s (common measurements)")
 _PCIE5_MEASURED = _m("DESIGN.md: PCIe 5.0 x16 pinned achieved 50-51 GB/s (common measurements)")
 
@@ -94,24 +103,28 @@ PRESET_SOURCES: dict[str, dict[str, Source]] = {
         "cpu.flops": _m("FlexGen cost_model.py cpu_flops (fitted)"),
     },
     "rtx4090-pcie4": {
+        "cpu.flops": _CPU_ATTENTION,
         "gpu.peak_flops": _d("NVIDIA Ada whitepaper: FP16 tensor, FP32 accumulate, dense"),
         "gpu.hbm_Bps": _d("NVIDIA Ada whitepaper: 1008 GB/s"),
         "link.h2d_pinned_Bps": _PCIE4_MEASURED,
         "link.d2h_pinned_Bps": _PCIE4_MEASURED,
     },
     "a100-40gb-pcie4": {
+        "cpu.flops": _CPU_ATTENTION,
         "gpu.peak_flops": _d("NVIDIA A100 datasheet: FP16 tensor dense"),
         "gpu.hbm_Bps": _d("NVIDIA A100 40GB datasheet: 1555 GB/s"),
         "link.h2d_pinned_Bps": _PCIE4_MEASURED,
         "link.d2h_pinned_Bps": _PCIE4_MEASURED,
     },
     "h100-80gb-pcie5": {
+        "cpu.flops": _CPU_ATTENTION,
         "gpu.peak_flops": _d("NVIDIA H100 SXM datasheet: FP16 tensor dense"),
         "gpu.hbm_Bps": _d("NVIDIA H100 SXM datasheet: 3.35 TB/s"),
         "link.h2d_pinned_Bps": _PCIE5_MEASURED,
         "link.d2h_pinned_Bps": _PCIE5_MEASURED,
     },
     "gh200-c2c": {
+        "cpu.flops": _CPU_ATTENTION,
         "gpu.peak_flops": _d("NVIDIA GH200 datasheet: FP16 tensor dense"),
         "gpu.hbm_Bps": _d("NVIDIA GH200 datasheet: 4 TB/s"),
         "link.h2d_pinned_Bps": _m("Oneiros paper: NVLink-C2C CPU->GPU read-dominant, measured"),
@@ -335,7 +348,13 @@ def figure_ranges(hw: HardwareSpec, uncertainty: Uncertainty | None = None,
             out.append(calibrated[path])
         else:
             src = _source(hw, path)
-            out.append(_relative(path, value, src.kind, src.text))
+            fig = _relative(path, value, src.kind, src.text)
+            lo, hi = src.bounds
+            if lo is not None or hi is not None:  # a source's own ends, never leaving out the value
+                lo = fig.lo if lo is None else min(lo, value)
+                hi = fig.hi if hi is None else max(hi, value)
+                fig = FigureRange(path, value, *_clip(path, lo, hi), src.kind, src.text)
+            out.append(fig)
     return out
 
 
