@@ -18,25 +18,27 @@ def scenario_uncertainty(path: str):
     return parse_uncertainty(load_yaml(Path(path)).get("uncertainty"), path)
 
 
-def analyse(groups, uncertainty, samples: int, seed: int, console, label: str = "", skip_unfit: bool = False):
+def analyse(groups, uncertainty, samples: int, seed: int, console, label: str = "",
+            indices: list[int] | None = None) -> tuple[list, list[int]]:
     """`point_sensitivity` of every group, with a line per group on `console`; a group where no
-    policy fits is an error, or skipped with `skip_unfit`."""
+    policy fits has no winner and is skipped with a line saying so. Returns the results and
+    their points' numbers (from 1, in the scenario's order)."""
     from ..sim.sensitivity import NothingFits, point_sensitivity
 
-    results = []
-    for i, configs in enumerate(groups, 1):
+    indices = indices or list(range(1, len(groups) + 1))
+    results, kept = [], []
+    for i, configs in zip(indices, groups, strict=True):
         p = configs[0]
-        console.print(f"{label}point {i}/{len(groups)}: {p.model.name} on {p.hardware.name}, batch "
+        console.print(f"{label}point {i}: {p.model.name} on {p.hardware.name}, batch "
                       f"{p.workload.batch}, prompt {p.workload.prompt_len}, {p.workload.gen_len} out "
                       f"({len(configs)} configurations)")
         try:
             results.append(point_sensitivity(configs, uncertainty, samples=samples, seed=seed))
         except NothingFits as e:
-            if not skip_unfit:
-                raise UserError(f"{p.scenario}: {e}; fix: pick a point where a policy fits (--point, --set)") \
-                    from None
-            console.print(f"  skipped: {e}")
-    return results
+            console.print(f"  skipped: {str(e).splitlines()[0]}")
+            continue
+        kept.append(i)
+    return results, kept
 
 
 def print_summary(results, console) -> None:
@@ -87,7 +89,10 @@ def sensitivity(scenario: str, point_index: int | None, policy: str | None, sets
                             f"fix: use 1..{len(groups)}")
         groups, indices = [groups[point_index - 1]], [point_index]
     console = Console(stderr=True)
-    results = analyse(groups, uncertainty, samples, seed, console)
+    results, indices = analyse(groups, uncertainty, samples, seed, console, indices=indices)
+    if not results:
+        raise UserError(f"{scenario}: no policy fits at any point analysed; fix: pick a point where one fits "
+                        "(hssim sweep lists them as infeasible)")
     paths = write_sensitivity(results, Path(out_dir), indices)
     out_console = Console()
     if not out_console.is_terminal:  # a log file: wide enough that no column is cut to "…"

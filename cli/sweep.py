@@ -84,7 +84,7 @@ def _with_sensitivity(files, ranked, out: Path, console):
     for f in files:
         groups = workload_groups(load_points([f]))
         results += analyse(groups, scenario_uncertainty(f), DEFAULT_SAMPLES, DEFAULT_SEED, console,
-                           label=f"sensitivity of {f}, ", skip_unfit=True)
+                           label=f"sensitivity of {f}, ")[0]
     if not results:
         return ranked
     write_sensitivity(results, out)

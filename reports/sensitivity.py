@@ -134,7 +134,7 @@ def point_title(group: dict) -> str:
 def point_markdown(r: PointSensitivity, index: int, tornado: str | None) -> str:
     """One point's section: headline, the figures, the spread."""
     win, run = r.winner, r.runner_up
-    lines = [f"## Point {index}: {point_title(r.group)}", ""]
+    lines = [f"## Point {index} ({r.group['scenario']}): {point_title(r.group)}", ""]
     head = f"Winner: **{series_name(win)}** ({r.nominal[win].label}, {r.nominal[win].throughput_tok_s:.4g} tok/s)"
     if run:
         head += (f", {100 * r.margin:.1f}% ahead of {series_name(run)} ({r.nominal[run].label}, "

@@ -187,7 +187,7 @@ def test_cli_writes_tables_and_a_tornado_and_refuses_a_missing_point(tmp_path):
         assert (out / name).exists(), name
     text = (out / "sensitivity.md").read_text()
     assert "never within its range" in text and re.search(r"below (19\.9\d|20) GB/s: hybrid wins", text)
-    assert "| cpu.flops | 0.5 TFLOP/s | 0.25 TFLOP/s – 1 TFLOP/s | assumption (range guessed) |" in text
+    assert "| host.memory_Bps | 80 GB/s | 40 GB/s – 160 GB/s | assumption (range guessed) |" in text
     bad = CliRunner().invoke(main, ["sensitivity", str(src), "--point", "3", "--out", str(out)])
     assert bad.exit_code == 2 and "use 1..1" in bad.output
     typo = tmp_path / "typo.yaml"
@@ -220,3 +220,12 @@ def test_a_point_priced_by_a_profile_is_examined_over_the_profiles_narrow_ranges
     assert {f.figure.path for f in res.figures} == set(profile_figures(load_profile(hw.profile)))
     assert all(f.figure.kind is SourceKind.calibrated for f in res.figures)
     assert any(f.effect for f in res.figures)
+
+
+def test_a_point_where_nothing_fits_has_no_winner_to_examine():
+    from hssim.sim.sensitivity import NothingFits
+
+    (p, _) = tie_configs()
+    small = p.hardware.model_copy(update={"gpu": p.hardware.gpu.model_copy(update={"memory_bytes": 10**6})})
+    with pytest.raises(NothingFits, match="no policy fits"):
+        point_sensitivity([p.model_copy(update={"hardware": small})], samples=0)
