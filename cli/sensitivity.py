@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
-from .common import Command, point_options, select_points
+from .common import Command, select_points
 
 
 def scenario_uncertainty(path: str):
@@ -61,14 +61,17 @@ def print_summary(results, console) -> None:
 @click.argument("scenario", type=click.Path(dir_okay=False))
 @click.option("--point", "point_index", type=click.IntRange(min=1), default=None, metavar="N",
               help="analyse only the N-th workload point (counted from 1 in the scenario's order)")
-@point_options
+@click.option("--policy", "policies", multiple=True, metavar="KIND_OR_LABEL",
+              help="compare only these policies (repeatable; a label such as 'flexgen cpu-attn', else a kind)")
+@click.option("--set", "sets", multiple=True, metavar="AXIS=VALUE",
+              help="fix a field or sweep axis, e.g. --set policy.cache_pinned=true (repeatable)")
 @click.option("--out", "out_dir", default="out/sensitivity", show_default=True, type=click.Path(file_okay=False),
               help="folder for the tables (CSV, Markdown), sensitivity.md and the tornado figures")
 @click.option("--samples", type=click.IntRange(min=0), default=32, show_default=True,
               help="joint draws of every figure at once (0: one at a time only)")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the joint draws")
-def sensitivity(scenario: str, point_index: int | None, policy: str | None, sets: tuple[str, ...], out_dir: str,
-                samples: int, seed: int) -> None:
+def sensitivity(scenario: str, point_index: int | None, policies: tuple[str, ...], sets: tuple[str, ...],
+                out_dir: str, samples: int, seed: int) -> None:
     """For each workload point of SCENARIO: the winner, its margin, which uncertain hardware figure would
     change it and at what value, and each policy's spread over the figures' ranges.
 
@@ -81,7 +84,12 @@ def sensitivity(scenario: str, point_index: int | None, policy: str | None, sets
     from ..sim.sensitivity import workload_groups
 
     uncertainty = scenario_uncertainty(scenario)
-    groups = workload_groups(select_points(scenario, policy, sets))
+    if policies:
+        chosen = {p.model_dump_json(): p for pol in policies for p in select_points(scenario, pol, sets)}
+        points = [p for p in select_points(scenario, None, sets) if p.model_dump_json() in chosen]
+    else:
+        points = select_points(scenario, None, sets)
+    groups = workload_groups(points)
     indices = list(range(1, len(groups) + 1))
     if point_index is not None:
         if point_index > len(groups):

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..sim.sensitivity import GROUP_KEYS, FigureResult, PointSensitivity, Standing, winner_of
+from ..sim.sensitivity import FigureResult, PointSensitivity, Standing, winner_of
 from .style import COLUMN_IN, PALETTE, new_figure, save_figure, series_name
 from .tables import to_markdown
 
@@ -205,7 +205,7 @@ def write_sensitivity(results: Sequence[PointSensitivity], out_dir: str | Path,
         csv = out / f"{name}.csv"
         df.to_csv(csv, index=False)
         paths.append(csv)
-    spread = tables["sensitivity_spread"].drop(columns=[c for c in GROUP_KEYS if c != "model"])
+    spread = tables["sensitivity_spread"].drop(columns=["scenario"])
     md = out / "sensitivity_spread.md"
     md.write_text(to_markdown(spread))
     paths.append(md)
