@@ -5,11 +5,12 @@ lengths), the competitors are the policy kinds, each at its best configuration, 
 a sweep's ranking. With every figure at its value, the fastest kind wins by a margin
 over the runner-up. Then, for every uncertain figure (`uncertainty.figure_ranges`):
 
-- *one at a time*: the figure is scanned from its value out to each end of its range
-  (`SCAN_STEPS` geometric steps a side); where the winner changes, bisection finds the
-  value at which it does, to `REL_TOL`; where it never does, the figure is reported as
-  unable to change the winner within its range. The throughput of every kind at the two
-  ends gives the tornado.
+- *one at a time*: the figure is set to each end of its range and halfway (geometrically)
+  between its value and each end; where the winner changes (the first change is sought
+  in `SCAN_STEPS` steps from the value), bisection finds the value at which it does, to
+  `REL_TOL`; where it never does, the figure is reported as unable to change the winner
+  within its range (a winner that changed and changed back between two looked-at values
+  would escape). The throughput of every kind at the two ends gives the tornado.
 - *all at once*: `samples` draws of every figure at once (log-uniform in its range, from
   a seeded generator, so runs repeat exactly) give each kind's spread and how often the
   winner holds.
@@ -20,12 +21,14 @@ Throughput is FlexGen's (generated tokens / makespan) from the list replay of th
 schedule (`engine.list_replay`, identical to the SimPy model). A schedule is built once per
 configuration unless its policy reads the box's rates (`policies.reads_hardware_rates`);
 a configuration whose busiest engine alone already caps it below its kind's best so far
-is not replayed (that bound never undercuts the replay). Points on a calibrated profile
+is not replayed (that bound never undercuts the replay), nor one whose op durations a
+changed figure leaves as they were. Points on a calibrated profile
 are priced by the profile, its figures scaled (`costs.profile_ranges`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -116,6 +119,7 @@ class Evaluator:
                 self._schedules[len(self.configs)] = sched
             self.configs.append(p)
         self._memo: dict[tuple, Standing] = {}
+        self._by_durations: dict[tuple, float] = {}
         self.replays = 0
 
     def ranges(self, uncertainty: Uncertainty | None = None) -> list[FigureRange]:
@@ -150,11 +154,20 @@ class Evaluator:
             kind = p.policy.kind.value
             if kind in best and bound <= best[kind].throughput_tok_s:
                 continue  # even its busiest engine alone keeps it below the kind's best
-            self.replays += 1
-            thr = throughput_tok_s(list_replay(sched, dur))
+            thr = self._replayed(i, sched, dur)
             if kind not in best or thr > best[kind].throughput_tok_s:
                 best[kind] = KindResult(thr, p.policy.label)
         return best
+
+    def _replayed(self, i: int, sched: Schedule, dur: np.ndarray) -> float:
+        """Throughput of configuration `i` with durations `dur`: a figure that changes none of its
+        ops' durations (a CPU rate, for a policy that never uses the CPU) needs no replay."""
+        key = (i, hashlib.blake2b(dur.tobytes(), digest_size=16).digest())
+        thr = self._by_durations.get(key)
+        if thr is None:
+            self.replays += 1
+            thr = self._by_durations[key] = throughput_tok_s(list_replay(sched, dur))
+        return thr
 
     def _standing_profiled(self, values: dict[str, float]) -> Standing:
         prof = scaled_profile(self.profile, values) if values else self.profile
@@ -251,10 +264,14 @@ def _close(a: float, b: float) -> bool:
 
 
 def find_flip(ev: Evaluator, fig: FigureRange, end: float, winner: str) -> Flip | None:
-    """Scan from the figure's value towards `end`; bisect where the winner first changes."""
+    """Scan from the figure's value towards `end`; bisect where the winner first changes.
+
+    The end is looked at first: where the winner holds there, one point halfway (geometrically)
+    is checked as well; where it does not, `SCAN_STEPS` steps find the first change."""
+    steps = SCAN_STEPS if winner_of(ev.standing({fig.path: end})) != winner else 2
     prev = fig.value
-    for step in range(1, SCAN_STEPS + 1):
-        x = end if step == SCAN_STEPS else _geom(fig.value, end, step / SCAN_STEPS)
+    for step in range(1, steps + 1):
+        x = end if step == steps else _geom(fig.value, end, step / steps)
         if winner_of(ev.standing({fig.path: x})) != winner:
             inside, outside = prev, x
             while not _close(inside, outside):
