@@ -14,6 +14,8 @@ policies, and may declare sweep axes whose cartesian product is run::
     sweep:
       workload.prompt_len: [256, 512, 1024]
       policy.kv_ratio: [0.0, 0.5, 1.0]   # applies to the policies that read kv_ratio
+    uncertainty:                         # optional, for `hssim sensitivity` (see sim/uncertainty.py)
+      link.h2d_pinned_Bps: [2.0e10, 2.6e10]
 
 Every problem is a `ScenarioError` naming the file, the field and the fix.
 """
