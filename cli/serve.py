@@ -18,12 +18,15 @@ from .common import Group
 
 def _simulate(point):
     from ..sim.serving.engine import run_serving
-    from ..sim.serving.report import result_row
+    from ..sim.serving.report import result_rows
 
     run = run_serving(point)
-    iterations = run.iterations.assign(**{k: v for k, v in result_row(run).items()
-                                          if k in ("scenario", "model", "hardware", "policy_label", "rate_rps")})
-    return result_row(run), iterations
+    rows = result_rows(run)
+    tagged = {k: v for k, v in rows[0].items() if k in ("scenario", "hardware", "policy_label", "tenants")}
+    models = {t.name: t.model.name for t in point.tenants}
+    iterations = run.iterations.assign(**tagged, model=run.iterations["tenant"].map(models),
+                                       rate_rps=rows[0]["rate_rps"])
+    return rows, iterations
 
 
 def _write_text_atomic(text: str, path: Path) -> None:
@@ -48,11 +51,13 @@ def _print_table(df: pd.DataFrame) -> None:
     from rich.table import Table
 
     t = Table(title="Serving: latency and throughput per policy (simulated)")
-    for col in ("scenario", "hardware", "rate", "policy", "TTFT p50", "TTFT p99", "TBT p50", "TBT p99", "tok/s",
-                "layers (mean/max)", "preempt.", "H2D GB", "D2H GB"):
-        t.add_column(col, justify="left" if col in ("scenario", "hardware", "policy") else "right", no_wrap=True)
+    for col in ("scenario", "tenant", "hardware", "rate", "policy", "TTFT p50", "TTFT p99", "TBT p50", "TBT p99",
+                "tok/s", "layers (mean/max)", "preempt.", "H2D GB", "D2H GB"):
+        t.add_column(col, justify="left" if col in ("scenario", "tenant", "hardware", "policy") else "right",
+                     no_wrap=True)
     for _, r in df.iterrows():
-        t.add_row(r["scenario"], r["hardware"], f"{r['rate_rps']:g}", r["policy_label"],
+        t.add_row(r["scenario"], r["tenant"] if r["tenants"] > 1 else "", r["hardware"], f"{r['rate_rps']:g}",
+                  r["policy_label"],
                   f"{r['ttft_p50_s']:.3f} s", f"{r['ttft_p99_s']:.3f} s", f"{r['tbt_p50_s'] * 1e3:.1f} ms",
                   f"{r['tbt_p99_s'] * 1e3:.1f} ms", f"{r['throughput_tok_s']:.0f}",
                   f"{r['remapped_layers_mean']:.1f}/{r['remapped_layers_max']}", str(r["preemptions"]),
@@ -112,24 +117,31 @@ def run_cmd(files: tuple[str, ...], policy: str | None, as_json: bool, out_dir: 
                 results = list(pool.map(_simulate, points))
     except ServingCapacityError as e:
         raise UserError(f"{', '.join(files)}: {e}; fix: raise gpu_kv_bytes or shorten the requests") from None
-    df = pd.DataFrame([row for row, _ in results])
+    df = pd.DataFrame([row for rows, _ in results for row in rows])
     if out_dir:
         out = Path(out_dir)
         write_atomic(df, out / "results.csv")
         write_atomic(df, out / "results.parquet")
         if with_iterations:
             write_atomic(pd.concat([it for _, it in results], ignore_index=True), out / "iterations.parquet")
-    figure = None
+    figure = tenant_figure = None
     if figures_dir:
-        from ..reports.serving import remapping_figure
+        from ..reports.serving import remapping_figure, tenants_figure
 
-        figure = remapping_figure(df, pd.concat([it for _, it in results], ignore_index=True), Path(figures_dir))
+        iterations = pd.concat([it for _, it in results], ignore_index=True)
+        single = df["tenants"] == 1
+        if single.any():
+            figure = remapping_figure(df[single], iterations[iterations["tenants"] == 1], Path(figures_dir))
+        if (~single).any():
+            tenant_figure = tenants_figure(df[~single], iterations[iterations["tenants"] > 1], Path(figures_dir))
     if markdown:
         command = "hssim serve run " + " ".join(files) + (f" --out {out_dir}" if out_dir else "") + \
             f" --markdown {markdown}" + (f" --figures {figures_dir}" if figures_dir else "") + \
             (f" --jobs {jobs}" if jobs > 1 else "")
-        fig_rel = os.path.relpath(figure, Path(markdown).parent) if figure is not None else None
-        _write_text_atomic(markdown_report(df, command, fig_rel), Path(markdown))
+        def rel(path):
+            return os.path.relpath(path, Path(markdown).parent) if path is not None else None
+
+        _write_text_atomic(markdown_report(df, command, rel(figure), rel(tenant_figure)), Path(markdown))
     if as_json:
         for row in df.to_dict(orient="records"):
             click.echo(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v)

@@ -15,8 +15,9 @@ token-major load fills `tokens x gbs` rows, a packed one its rows one sequence
 after another) and for each attention's new K,V / input activations (item `i`
 uses slot `i % 2`: the schedule's `after` edges free them), one hidden state per
 micro-batch, and the resident part of every layer's weights, embeddings and LM
-head. On the CPU backend "device" is ordinary memory and every copy is a real
-memory copy.
+head (a tied head is the embedding itself). `sim/memory.py` plans exactly these
+buffers (`tests/test_memory_plan.py` compares them). On the CPU backend
+"device" is ordinary memory and every copy is a real memory copy.
 
 A parameter split between the resident part and a slot is joined by one device
 copy when a kernel needs it.
@@ -127,12 +128,11 @@ class DeviceBuffers:
     resident: list[torch.Tensor]  # per layer: the elements kept on the device (compact)
     weight_slots: list[torch.Tensor]
     loads: dict[OpKind, list[torch.Tensor]]  # 2 slots per load kind: [rows, width] (token ids [tokens, gbs])
-    hidden: list[torch.Tensor]  # per micro-batch [max(prompt, 1), gbs, h]
-    prefix_hidden: list[torch.Tensor]  # token-recompute: per micro-batch [tokens, gbs, h]
+    hidden: list[torch.Tensor]  # per micro-batch [max(prompt, 1 + prefix tokens), gbs, h]
+    prefix_hidden: list[torch.Tensor]  # token-recompute: per micro-batch, rows 1.. of `hidden`
     new_kv: list[torch.Tensor]  # 2 slots [prompt, gbs, 2 hk]
-    new_x: list[torch.Tensor]  # 2 slots [prompt, gbs, h]
+    new_x: list[torch.Tensor]  # 2 slots [prompt, gbs, h] where the schedule stores activations
     rebuilt_kv: torch.Tensor  # recompute output [rows, 2 hk]
-    context: torch.Tensor | None  # packed loads: attention context [past + 1, gbs, 2 hk]
     scatter: dict[int, torch.Tensor]  # packed load op id -> flat context row (position * gbs + seq) per row
     qkv: list[torch.Tensor]  # CPU attention: 2 slots [gbs, h + 2 hk]
     attn_in: list[torch.Tensor]  # CPU attention: 2 slots [gbs, h]
@@ -156,24 +156,29 @@ class DeviceBuffers:
             return torch.zeros(shape, dtype=dt, device=device)
 
         h, hk2 = m.hidden, 2 * m.kv_hidden
+        embed = weights.embed.to(device)  # a tied LM head is this same tensor
         rows = plan.max_rows
         tok = rows.get(OpKind.load_tokens, 0)
         rebuilt = max(rows.get(OpKind.load_act, 0), tok * gbs)
         prompt_rows = max(wl.prompt_len, 1)
+        # token recompute's prefix hidden state of micro-batch j lives in rows 1.. of its hidden
+        # state: those rows are free once the prefill's last layer has run for j, and both are
+        # written only by compute-stream ops, which run in order
+        hidden = [zeros(max(prompt_rows, 1 + tok), gbs, h) for _ in range(k)]
         cpu_attn = any(op.kind is OpKind.cpu_attention for op in plan.schedule.ops)
+        stores_x = any(op.kind is OpKind.store_act for op in plan.schedule.ops)
         rotary = Rotary.of(m, device, dtype) if weights.positions is None else None
         loads_act = {i: a for i, a in plan.access.items() if plan.schedule.ops[i].kind is OpKind.load_act}
         rope_positions = {}
         if rotary is not None:
             rope_positions = {i: torch.as_tensor(a.positions, dtype=torch.long).to(device)
                               for i, a in loads_act.items()}
-        scatter, context = {}, None
+        scatter = {}
         if plan.packed:
             for i, a in plan.access.items():
                 if plan.schedule.ops[i].kind in (OpKind.load_kv, OpKind.load_act):
                     pos, seq = a.row_index(gbs)
                     scatter[i] = torch.as_tensor(pos * gbs + seq, dtype=torch.long).to(device)
-            context = zeros(wl.prompt_len + wl.gen_len, gbs, hk2)
         return cls(
             device=device,
             plan=plan,
@@ -184,20 +189,19 @@ class DeviceBuffers:
                 OpKind.load_act: [zeros(rows.get(OpKind.load_act, 0), h) for _ in range(2)],
                 OpKind.load_tokens: [zeros(tok, gbs, dt=torch.int32) for _ in range(2)],
             },
-            hidden=[zeros(prompt_rows, gbs, h) for _ in range(k)],
-            prefix_hidden=[zeros(tok, gbs, h) for _ in range(k)],
+            hidden=hidden,
+            prefix_hidden=[x[1:1 + tok] for x in hidden],
             new_kv=[zeros(prompt_rows, gbs, hk2) for _ in range(2)],
-            new_x=[zeros(prompt_rows, gbs, h) for _ in range(2)],
+            new_x=[zeros(prompt_rows, gbs, h) for _ in range(2 if stores_x else 0)],
             rebuilt_kv=zeros(rebuilt, hk2),
-            context=context,
             scatter=scatter,
             qkv=[zeros(gbs, h + hk2) for _ in range(2 if cpu_attn else 0)],
             attn_in=[zeros(gbs, h) for _ in range(2 if cpu_attn else 0)],
             prompt_ids=[prompt_ids[:, j * gbs:(j + 1) * gbs].to(device) for j in range(k)],
-            embed=weights.embed.to(device),
+            embed=embed,
             positions=None if weights.positions is None else weights.positions.to(device),
             final_norm={n: t.to(device) for n, t in weights.final_norm.items()},
-            lm_head=weights.embed.to(device) if weights.lm_head is weights.embed else weights.lm_head.to(device),
+            lm_head=embed if weights.lm_head is weights.embed else weights.lm_head.to(device),
             rotary=rotary,
             rope_positions=rope_positions,
         )

@@ -8,7 +8,8 @@ was built from), never guessed from the op sizes:
 
 - prefill: a scheme that keeps `a` of the prompt as activations keeps the prefix
   `[0, a)` (hybrid), a scheme that keeps `c` as K,V keeps the last `c` prompt
-  positions (hybrid, token-recompute); KVPR keeps every position as both;
+  positions (hybrid, token-recompute, KVPR: its activations are the prefix below the
+  split, its K,V the positions from the smallest split on);
 - decode: the token at position `past` is stored as the scheme says (FlexGen's
   CPU attention appends it to the K,V list itself);
 - a decode load at `past` reads: KVPR, the activations of the prefix `[0, l)`
@@ -30,9 +31,7 @@ indexed by position; the prompt is written before the run, and the LM head of
 step `t` writes position `prompt + t`.
 
 Weights: `WeightPlan` maps each `load_weights` op to the ranges of the layer's
-flat vector it moves (the whole streamed part, or KVPR's early part: the
-attention norm and the K,V rows of `W_QKV` and `b_QKV`; then the rest), sized
-from the op's `link_bytes`.
+flat vector it moves (the streamed part), sized from the op's `link_bytes`.
 
 `host_hazards` checks that the schedule itself orders every host-cache read after
 the op that wrote it (stream order plus `deps` plus `after`, transitively). The
@@ -231,7 +230,7 @@ class _Cache:
         if self.flags is not None:
             kv = self.flags[j, seq, :self.prompt]
             return np.flatnonzero(kv if cls == "kv" else ~kv)
-        # activations keep the prefix, K,V the suffix (KVPR stores both in full)
+        # activations keep the prefix, K,V the suffix
         return np.arange(per_seq) if cls == "act" else np.arange(self.prompt - per_seq, self.prompt)
 
     def decode_store(self, cls: str, j: int, seq: int, past: int) -> bool:
@@ -389,58 +388,17 @@ def _take(ranges: list[tuple[int, int]], n: int, from_end: bool) -> tuple[list, 
     return head, tail
 
 
-def kv_proj_ranges(m: ModelSpec) -> list[tuple[int, int]]:
-    """Flat ranges of what rebuilding K,V needs first: the attention norm, the K,V rows of
-    `W_QKV` and of `b_QKV` (KVPR's early weight load)."""
-    layout = LayerLayout.of(m)
-    h, hk = m.hidden, m.kv_hidden
-    out = []
-    for name, (off, shape) in layout.params.items():
-        if name.startswith("norm1_"):
-            out.append((off, off + shape[0]))
-    off = layout.params["w_qkv"][0]
-    out.append((off + h * h, off + (h + 2 * hk) * h))
-    if "b_qkv" in layout.params:
-        off = layout.params["b_qkv"][0]
-        out.append((off + h, off + h + 2 * hk))
-    return _merge(out)
-
-
-def _part(op: Op) -> str:
-    s = op.shape_dict
-    return "kv_proj" if "kv_proj" in s else "rest" if "rest" in s else "all"
-
-
 def weight_plan(schedule: Schedule, m: ModelSpec) -> WeightPlan:
     """Which flat ranges each `load_weights` op streams, sized from its `link_bytes`.
 
-    Each part of a layer (the whole layer, or KVPR's early K,V projection part and the
-    rest) keeps its first elements resident and streams its last `link_bytes /
+    A layer keeps its first elements resident and streams its last `link_bytes /
     dtype_bytes` elements (all of them when nothing is kept on the device)."""
     layout = LayerLayout.of(m)
     p = m.dtype_bytes
     loads = [op for op in schedule.ops if op.kind is OpKind.load_weights]
-    first: dict[str, int] = {}
-    if loads:
-        t0, l0 = loads[0].step, loads[0].layer
-        for op in loads:
-            if (op.step, op.layer) == (t0, l0):
-                first[_part(op)] = op.link_bytes
-    kvp = kv_proj_ranges(m)
-    whole = [(0, layout.numel)]
-    parts = {"all": whole, "kv_proj": kvp, "rest": _gaps(kvp, layout.numel)}
-    resident, streamed, streamed_of = [], [], {}
-    names = list(first) or ["all"]
-    for name in names:
-        ranges = parts[name]
-        n = round(first.get(name, 0) / p)
-        head, tail = _take(ranges, n, from_end=True)
-        resident += head
-        streamed += tail
-        streamed_of[name] = tail
+    resident, streamed = _take([(0, layout.numel)], round(loads[0].link_bytes / p) if loads else 0,
+                               from_end=True)
     resident, streamed = _merge(resident), _merge(streamed)
-    if sum(b - a for a, b in resident) + sum(b - a for a, b in streamed) != layout.numel:
-        raise AssertionError("weight parts do not cover the layer")  # e.g. kv_proj without rest
 
     def compact(ranges_in: list[tuple[int, int]], space: list[tuple[int, int]]) -> list[tuple[int, int]]:
         out, base = [], 0
@@ -452,14 +410,13 @@ def weight_plan(schedule: Schedule, m: ModelSpec) -> WeightPlan:
             base += b - a
         return _merge(out)
 
-    by_part = {name: tuple(compact(streamed_of[name], streamed)) for name in names}
+    whole = tuple(compact(streamed, streamed))
     copies = {}
     for op in loads:
-        rng = by_part[_part(op)]
-        if p * sum(b - a for a, b in rng) != op.link_bytes and op.link_bytes % p == 0:
-            raise ValueError(f"{op.label}: moves {op.link_bytes} bytes, its part has "
-                             f"{p * sum(b - a for a, b in rng)}")
-        copies[op.id] = rng
+        if p * sum(b - a for a, b in whole) != op.link_bytes and op.link_bytes % p == 0:
+            raise ValueError(f"{op.label}: moves {op.link_bytes} bytes, the streamed part has "
+                             f"{p * sum(b - a for a, b in whole)}")
+        copies[op.id] = whole
     pieces = {}
     for name, (off, shape) in layout.params.items():
         size = int(np.prod(shape))
@@ -470,17 +427,6 @@ def weight_plan(schedule: Schedule, m: ModelSpec) -> WeightPlan:
         pieces[name] = tuple(got)
     shapes = {name: shape for name, (_, shape) in layout.params.items()}
     return WeightPlan(layout.numel, tuple(resident), tuple(streamed), copies, pieces, shapes)
-
-
-def _gaps(ranges: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
-    out, at = [], 0
-    for a, b in ranges:
-        if a > at:
-            out.append((at, a))
-        at = b
-    if at < n:
-        out.append((at, n))
-    return out
 
 
 def _flat_of(piece: tuple[str, int, int], resident, streamed) -> int:

@@ -184,8 +184,10 @@ class OpRunner:
         hidden[:new].copy_(x + self.kern.out_proj(self.kern.attend(q, context), w))
 
     def _packed_context(self, op: Op, kv: torch.Tensor, past: int) -> torch.Tensor:
-        """[past + 1, gbs, 2hk]: every packed row (rebuilt or loaded) at its (position, sequence)."""
-        ctx = self.dev.context[:past + 1]
+        """[past + 1, gbs, 2hk]: every packed row (rebuilt or loaded) at its (position, sequence),
+        in a context allocated for this attention, as the unpacked path's `torch.cat` is (every
+        (position, sequence) below `past` is either rebuilt or loaded, so every row is written)."""
+        ctx = torch.empty((past + 1, self.plan.gbs, kv.shape[-1]), dtype=kv.dtype, device=kv.device)
         flat = ctx.view(-1, ctx.shape[-1])
         rec = self._dep(op, OpKind.recompute_kv)
         if rec is not None:

@@ -1,4 +1,5 @@
-"""Figure of the serving results: layers Oneiros keeps remapped over time, one panel per box.
+"""Figures of the serving results: layers Oneiros keeps remapped over time, one panel per box;
+and, for several models on one GPU, each tenant's queue and the idle tenants' weights it reclaimed.
 
 For the first model of the results, each box (hardware) gets one panel at one arrival rate:
 the median of the rates where `vllm-swap` had to preempt (KV pressure), or the highest rate
@@ -101,6 +102,54 @@ def remapping_figure(results: pd.DataFrame, iterations: pd.DataFrame, out_dir: P
                 labels.append(lbl)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.legend(handles, labels, loc="lower center", ncols=len(labels), fontsize=8, frameon=False)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = out_dir / f"{name}.png"
+    fig.savefig(png, dpi=150)
+    plt.close(fig)
+    return png
+
+
+def tenants_figure(results: pd.DataFrame, iterations: pd.DataFrame, out_dir: Path,
+                   name: str = "tenants_over_time", bin_s: float = 1.0) -> Path:
+    """Multi-tenant points under Oneiros, one row of panels per box at its highest total rate: requests
+    queued or running per tenant (left), and GB of idle tenants' weights held in each tenant's KV pool
+    (right). Write NAME.png to `out_dir` and return its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    palette = sns.color_palette("colorblind", 10)
+    totals = results[results["tenant"] == "all"]
+    picks = [(scenario, hw, grp["rate_rps"].max())
+             for (scenario, hw), grp in totals.groupby(["scenario", "hardware"], sort=False)]
+    sns.set_theme(style="whitegrid", context="paper", font_scale=0.9)
+    fig, axes = plt.subplots(len(picks), 2, figsize=(9.0, 2.2 * len(picks) + 0.6), squeeze=False)
+    for (left, right), (scenario, hw, rate) in zip(axes, picks, strict=True):
+        sel = iterations[(iterations["scenario"] == scenario) & (iterations["hardware"] == hw)
+                         & np.isclose(iterations["rate_rps"], rate) & (iterations["policy_label"] == "oneiros")]
+        end_s = float(sel["end_s"].max()) if len(sel) else 1.0
+        grid = np.arange(0.0, end_s + bin_s, bin_s)
+        for k, tenant in enumerate(sel["tenant"].unique()):
+            it = sel[sel["tenant"] == tenant].assign(queued=lambda d: d["running"] + d["swapped"] + d["waiting"],
+                                                     borrowed_gb=lambda d: d["borrowed_bytes"] / 1e9)
+            bins = (it["start_s"] // bin_s).astype(int)
+            for ax, column, agg in ((left, "queued", "mean"), (right, "borrowed_gb", "max")):
+                per_bin = it.groupby(bins)[column].agg(agg).reindex(range(len(grid)), fill_value=0)
+                ax.plot(grid + bin_s / 2, per_bin.to_numpy(), drawstyle="steps-mid", lw=1.1,
+                        color=palette[k % 10], label=tenant)
+        left.set_ylabel("requests queued or running")
+        right.set_ylabel("reclaimed GB in its pool")
+        left.set_title(f"{scenario} on {hw}, {rate:g} req/s in all (oneiros)", fontsize=8.5, loc="left")
+        for ax in (left, right):
+            ax.set_xlim(left=0)
+            ax.set_ylim(bottom=0)
+    for ax in axes[-1]:
+        ax.set_xlabel(f"time (s), per {bin_s:g} s bin")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncols=max(len(labels), 1), fontsize=8, frameon=False)
     out_dir.mkdir(parents=True, exist_ok=True)
     png = out_dir / f"{name}.png"
     fig.savefig(png, dpi=150)

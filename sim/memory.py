@@ -1,56 +1,123 @@
 """Memory plan: the peak GPU and host memory a schedule needs, itemised.
 
-GPU: what stays resident (weights kept on the GPU, embeddings and LM head, the
-part of the cache kept on the GPU), plus every transient buffer kind times the
-number of such buffers the schedule's double-buffering lets be alive at once,
-plus the largest kernel workspace. Host: offloaded weights, token ids and the
-cache as it stands after the last step. The simulator's measured occupancy never
-exceeds this plan (a tested property).
+GPU: the device buffers the executor (`hw/buffers.py`, `DeviceBuffers.allocate`)
+allocates for the schedule, sized from the schedule's own ops, plus the largest
+transient a kernel allocates while it runs. They are allocated once for the whole
+run, so the peak is their sum:
+
+- resident: the weights kept on the GPU, embeddings, positions, final norm and
+  (untied) LM head, and the part of the cache kept on the GPU;
+- two weight slots (layer `i` of the run's layer sequence uses slot `i % 2`);
+- two slots per cache load kind (K,V, activations, token ids), each the size of the
+  largest load of that kind; one buffer for the rebuilt K,V (the compute stream runs
+  one recompute at a time);
+- one hidden state per micro-batch (prompt rows: prefill runs whole prompts; token
+  recompute keeps its prefix's hidden state in rows 1.. during decode);
+- two output slots for the new tokens' K,V (and input activations where the
+  schedule stores them), prompt-sized;
+- FlexGen's CPU attention: two Q,K,V and two attention-output exchange slots; the
+  prompt's token ids;
+- transient: the most one op allocates while it runs: its kernel workspace, plus for
+  an attention the context the executor concatenates (rebuilt + loaded + new K,V).
+
+Host: offloaded weights, token ids and the cache as it stands after the last step.
+The simulator's measured occupancy never exceeds this plan (a tested property), and
+`tests/test_memory_plan.py` checks the plan against the executor's own buffers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from ..errors import MemoryPlanError
 from . import costs
 from .schedule import MemoryItem, MemoryPlan, Op, OpKind
-from .specs import PointSpec
-
-
-#: how many outputs of each kind can be alive at once, given `k` micro-batches
-def _live_buffers(kind: OpKind, k: int) -> int:
-    if kind in (OpKind.ffn, OpKind.lm_head, OpKind.recompute_layer):
-        return k + 1  # one hidden state per micro-batch, plus the one being written
-    return 2  # double-buffered
+from .specs import NormKind, PointSpec
 
 
 def _gb(n: int) -> str:
     return f"{n / 1e9:.2f} GB"
 
 
+def attention_context_bytes(point: PointSpec, past: int, reads_past: bool) -> int:
+    """What the executor allocates for one attention's context when the step reads past
+    tokens: hw/runner.py `_attention` concatenates [rebuilt; loaded; new] K,V (`torch.cat`),
+    or scatters packed loads into a context of the same size (`_packed_context`)."""
+    if not reads_past:
+        return 0
+    return (past + 1) * point.gpu_batch_size * point.model.kv_bytes_per_token
+
+
 def plan_memory(point: PointSpec, scheme, ops: Sequence[Op]) -> tuple[MemoryPlan, int, int]:
     """Returns (plan, GPU bytes resident all run, host bytes resident all run)."""
     largest: dict[OpKind, int] = {}
-    workspace = 0
+    transient = 0
+    reads = {(op.step, op.layer, op.micro_batch) for op in ops
+             if op.kind in (OpKind.load_kv, OpKind.recompute_kv, OpKind.recompute_layer)}
     for op in ops:
         if op.gpu_bytes > largest.get(op.kind, 0):
             largest[op.kind] = op.gpu_bytes
-        workspace = max(workspace, op.workspace_bytes)
+        context = 0
+        if op.kind is OpKind.attention:
+            context = attention_context_bytes(point, op.shape_dict["past_tokens"],
+                                              (op.step, op.layer, op.micro_batch) in reads)
+        transient = max(transient, op.workspace_bytes + context)
     cache_on_host = sum(op.host_alloc_bytes for op in ops)
-    return plan_from_sizes(point, scheme, largest, workspace, cache_on_host)
+    return plan_from_sizes(point, scheme, largest, transient, cache_on_host, {op.kind for op in ops})
 
 
-def plan_from_sizes(point: PointSpec, scheme, largest: dict[OpKind, int], workspace: int,
-                    cache_on_host: int) -> tuple[MemoryPlan, int, int]:
-    """`plan_memory` from what it reads of the ops: the largest `gpu_bytes` of each kind
-    (kinds in the order their first op with a GPU buffer is issued), the largest
-    `workspace_bytes` and the sum of `host_alloc_bytes`. The block builder knows these
-    before it emits a single op, so a point that does not fit is rejected at once.
+def device_embedding_bytes(point: PointSpec) -> int:
+    """What the executor keeps on the device besides the layers (`hw/weights.py`,
+    `random_weights`; `hw/buffers.py`, `DeviceBuffers.allocate`): token embedding,
+    learned positions, final norm, and the LM head when it is not the embedding itself."""
+    m = point.model
+    learned = m.norm_kind is NormKind.layernorm
+    tied = learned  # hw: OPT-style models tie the LM head to the embedding
+    params = m.vocab * m.hidden * (1 if tied else 2) + (m.max_positions * m.hidden if learned else 0)
+    params += 2 * m.hidden if learned else m.hidden
+    return params * m.dtype_bytes
+
+
+def gpu_buffer_items(point: PointSpec, largest: dict[OpKind, int], transient: int,
+                     kinds: Collection[OpKind]) -> list[MemoryItem]:
+    """The executor's device buffers for a schedule, beyond the resident weights and cache
+    (see the module docstring); `largest`: the largest `gpu_bytes` of each op kind,
+    `transient`: the most one op allocates while it runs (its workspace, and an attention's
+    concatenated context), `kinds`: every op kind the schedule has."""
+    m, pol, wl = point.model, point.policy, point.workload
+    p, k, gbs = m.dtype_bytes, pol.num_gpu_batches, point.gpu_batch_size
+    h, kv_tok, act_tok = m.hidden, m.kv_bytes_per_token, m.act_bytes_per_token
+    prompt_rows = max(wl.prompt_len, 1)
+    tok = largest.get(OpKind.load_tokens, 0) // (gbs * costs.TOKEN_ID_BYTES)  # token ids per sequence
+    act_rows = largest.get(OpKind.load_act, 0) // act_tok
+    items = [
+        ("weight slots (x2)", 2 * largest.get(OpKind.load_weights, 0)),
+        ("K,V load slots (x2)", 2 * largest.get(OpKind.load_kv, 0)),
+        ("activation load slots (x2)", 2 * largest.get(OpKind.load_act, 0)),
+        ("token-id load slots (x2)", 2 * largest.get(OpKind.load_tokens, 0)),
+        ("rebuilt K,V", max(act_rows, tok * gbs) * kv_tok),
+        # token recompute's prefix hidden state shares its micro-batch's hidden state (rows 1..)
+        (f"hidden states (x{k})", k * max(prompt_rows, 1 + tok) * gbs * h * p),
+        ("new K,V slots (x2)", 2 * prompt_rows * gbs * kv_tok),
+        ("new activation slots (x2)", 2 * prompt_rows * gbs * act_tok if OpKind.store_act in kinds else 0),
+        ("CPU-attention exchange slots (x2)",
+         2 * gbs * (2 * h + 2 * m.kv_hidden) * p if OpKind.cpu_attention in kinds else 0),
+        (f"prompt token ids (x{k})", k * wl.prompt_len * gbs * costs.TOKEN_ID_BYTES),
+    ]
+    items.append(("largest transient (kernel workspace, concatenated attention context)", transient))
+    return [MemoryItem(what, nbytes) for what, nbytes in items if nbytes]
+
+
+def plan_from_sizes(point: PointSpec, scheme, largest: dict[OpKind, int], transient: int,
+                    cache_on_host: int, kinds: Collection[OpKind]) -> tuple[MemoryPlan, int, int]:
+    """`plan_memory` from what it reads of the ops: the largest `gpu_bytes` of each kind,
+    the largest transient (`workspace_bytes`, plus an attention's concatenated context),
+    the sum of `host_alloc_bytes` and the op kinds present.
+    The block builder knows these before it emits a single op, so a point that does not
+    fit is rejected at once.
 
     Returns (plan, GPU bytes resident all run, host bytes resident all run)."""
     m, pol, wl, hw = point.model, point.policy, point.workload, point.hardware
-    keep_w = pol.weights_gpu_percent / 100.0
     keep_c = pol.cache_gpu_percent / 100.0
     final_past = wl.prompt_len + wl.gen_len - 1
     state_bytes = 0
@@ -58,19 +125,16 @@ def plan_from_sizes(point: PointSpec, scheme, largest: dict[OpKind, int], worksp
         per = m.kv_bytes_per_token if kind is OpKind.load_kv else m.act_bytes_per_token
         state_bytes += wl.batch * m.layers * tokens * per
 
-    weights_on_gpu = round(m.layers * m.weight_bytes_per_layer * keep_w) + m.embedding_bytes
+    layer_bytes = m.layers * m.weight_bytes_per_layer
+    streamed = largest.get(OpKind.load_weights, 0)  # one layer's streamed part (hw: the weight slot)
+    offloaded_w = m.layers * streamed
+    weights_on_gpu = layer_bytes - offloaded_w + device_embedding_bytes(point)
     cache_on_gpu = round(state_bytes * keep_c)
     gpu_items = [
         MemoryItem("weights kept on GPU (incl. embeddings, LM head)", weights_on_gpu),
         MemoryItem("cache kept on GPU", cache_on_gpu),
+        *gpu_buffer_items(point, largest, transient, kinds),
     ]
-    k = pol.num_gpu_batches
-    for kind, nbytes in largest.items():
-        live = _live_buffers(kind, k)
-        gpu_items.append(MemoryItem(f"{kind.value} buffers (x{live})", live * nbytes))
-    gpu_items.append(MemoryItem("largest kernel workspace", workspace))
-
-    offloaded_w = m.layers * m.weight_bytes_per_layer - round(m.layers * m.weight_bytes_per_layer * keep_w)
     token_ids = wl.batch * (wl.prompt_len + wl.gen_len) * costs.TOKEN_ID_BYTES
     host_items = [
         MemoryItem("offloaded weights", offloaded_w),

@@ -197,7 +197,7 @@ class PolicyKind(str, Enum):
     hybrid = "hybrid"
     flexgen = "flexgen"  # FlexGen's runtime as it schedules: barriers, whole-tensor placement, unpinned KV
     hybridserve = "hybridserve"  # HybridServe: KV/ACT host blocks in a fixed ratio, balanced mini-batches
-    kvpr = "kvpr"  # KVPR: activations of the first l tokens, K,V of the rest, early W_K/W_V load
+    kvpr = "kvpr"  # KVPR: activations of the first l tokens, K,V of the rest, rebuilt after both arrive
 
 
 class SplitRule(str, Enum):

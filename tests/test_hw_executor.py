@@ -105,22 +105,6 @@ def test_each_link_op_copies_exactly_its_link_bytes(policy):
     assert_bytes_copied_are_link_bytes(meas, exact=True)
 
 
-def test_kvpr_early_weight_load_copies_only_the_kv_projection():
-    """The first load of a layer moves LN1, W_K, W_V (and biases); the second the rest, so the
-    slot the recompute reads is never rewritten while it reads it."""
-    from hssim.hw.plan import build_plan, kv_proj_ranges
-
-    p = point(OPT, PolicySpec(kind="kvpr", split_tokens=3))
-    sched = build_schedule(p)
-    wp = build_plan(sched, p).weights
-    parts = [op for op in sched.ops if op.kind is OpKind.load_weights and op.layer == 1 and op.step == 1]
-    assert [("kv_proj" in op.shape_dict, "rest" in op.shape_dict) for op in parts] == [(True, False), (False, True)]
-    assert list(wp.copies[parts[0].id]) == kv_proj_ranges(p.model)
-    early = sum(b - a for a, b in wp.copies[parts[0].id])
-    h, hk = OPT.hidden, OPT.kv_hidden
-    assert early == 2 * h + 2 * hk * h + 2 * hk  # norm1 w,b; K,V rows; K,V biases
-
-
 def test_host_memory_is_pinned_as_the_ops_say():
     from hssim.hw.buffers import host_pinning
 

@@ -34,7 +34,7 @@ POLICIES = [
     PolicySpec(kind="token-recompute", kv_ratio=0.5),
     PolicySpec(kind="flexgen"),
     PolicySpec(kind="flexgen", cpu_attention=True),
-    # KVPR: every token held as both; l tokens' activations rebuilt, the rest loaded as K,V
+    # KVPR: the first l tokens held as activations and rebuilt, the rest held and loaded as K,V
     PolicySpec(kind="kvpr", split_tokens=0),
     PolicySpec(kind="kvpr", split_tokens=3),
     PolicySpec(kind="kvpr", split_tokens=8),  # = prompt: every prompt token rebuilt at step 1

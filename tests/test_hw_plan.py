@@ -1,11 +1,10 @@
-"""Static plan of a schedule for the executor: host ranges, weight parts and the happens-before check."""
+"""Static plan of a schedule for the executor: host ranges, the streamed weights and the happens-before check."""
 
-import numpy as np
 import pytest
 
 pytest.importorskip("torch")
 
-from hssim.hw.plan import build_plan, happens_before, host_hazards, kv_proj_ranges, ready_clocks  # noqa: E402
+from hssim.hw.plan import build_plan, happens_before, host_hazards, ready_clocks  # noqa: E402
 from hssim.sim.policies import build_schedule, scheme_for  # noqa: E402
 from hssim.sim.policies.block import effective_point  # noqa: E402
 from hssim.sim.presets import HARDWARE  # noqa: E402
@@ -138,21 +137,15 @@ def test_hybridserve_loads_each_sequence_its_own_blocks():
         assert differ > 0, rule  # the case is not uniform by luck
 
 
-def test_kvpr_weight_parts_are_the_kv_projection_and_the_rest():
-    p = point(PolicySpec(kind="kvpr", split_tokens=2))
+def test_a_streamed_layer_is_one_copy_of_its_last_elements():
+    p = point(PolicySpec(kind="kvpr", split_tokens=2, weights_gpu_percent=30.0))
     sched = build_schedule(p)
     wp = build_plan(sched, p).weights
-    loads = [op for op in sched.ops if op.kind is OpKind.load_weights and (op.step, op.layer) == (0, 0)]
-    assert [op.shape_dict.get("kv_proj", 0) for op in loads] == [1, 0]
-    assert wp.n_resident == 0
-    early, rest = (wp.copies[op.id] for op in loads)
-    assert list(early) == kv_proj_ranges(p.model)  # LN1, W_K, W_V rows, b_K, b_V
-    covered = np.zeros(wp.numel, dtype=int)
-    for a, b in (*early, *rest):
-        covered[a:b] += 1
-    assert (covered == 1).all()  # the two parts partition the layer: nothing is copied twice
-    for op in loads:
-        assert sum(b - a for a, b in wp.copies[op.id]) * p.model.dtype_bytes == op.link_bytes
+    loads = [op for op in sched.ops if op.kind is OpKind.load_weights and (op.step, op.layer) == (0, 1)]
+    assert len(loads) == 1
+    assert wp.n_resident + wp.n_streamed == wp.numel
+    assert wp.streamed == ((wp.numel - wp.n_streamed, wp.numel),)  # the layer's tail, as one range
+    assert wp.n_streamed * p.model.dtype_bytes == loads[0].link_bytes
 
 
 @pytest.mark.parametrize("policy", POLICIES, ids=_id)

@@ -14,9 +14,7 @@ drained its output buffer.
 
 Policy options on top (see `BlockOptions`): the `flexgen` policy adds FlexGen's
 full barrier after every (layer, GPU batch) step (`torch.cuda.synchronize`), places
-weights as whole tensors, and moves K,V to and from unpinned host memory; the
-`kvpr` policy loads W_K, W_V and the layer norm as a separate, earlier weight op so
-that rebuilding K,V can start before the rest of the layer's weights arrive.
+weights as whole tensors, and moves K,V to and from unpinned host memory.
 """
 
 from __future__ import annotations
@@ -28,10 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import costs
-from ..memory import check_plan, plan_from_sizes
+from ..memory import attention_context_bytes, check_plan, plan_from_sizes
 from ..schedule import KIND_STREAM, LINK_KINDS, OpKind, Schedule, ScheduleMeta, Stream
 from ..specs import PointSpec, PolicyKind
-from .placement import flexgen_gpu_weight_percent, kv_proj_early_params
+from .placement import flexgen_gpu_weight_percent
 from .registry import scheme_for
 from .schemes import CacheScheme
 
@@ -47,7 +45,9 @@ class BlockOptions:
 
     step_barrier: bool = False  # full sync after every (layer, GPU batch) step (FlexGen)
     cache_pinned: bool = True  # host K,V and activations in pinned memory
-    early_kv_proj: bool = False  # load LN, W_K, W_V as their own, first weight op (KVPR)
+    #: the K,V rebuild of a layer starts only once all of that layer's cache (its K,V too) has
+    #: arrived, so it overlaps the next layer's prefetch, never its own K,V transfer (KVPR)
+    rebuild_after_kv: bool = False
 
 
 def block_options(point: PointSpec) -> BlockOptions:
@@ -55,7 +55,22 @@ def block_options(point: PointSpec) -> BlockOptions:
     if pol.kind is PolicyKind.flexgen:
         return BlockOptions(step_barrier=True, cache_pinned=pol.cache_pinned and pol.pinned)
     if pol.kind is PolicyKind.kvpr:
-        return BlockOptions(step_barrier=pol.step_barrier, early_kv_proj=True, cache_pinned=pol.pinned)
+        # KVPR's code (github.com/chaoyij/KVPR, read at AndreaLeang/KVPR 1712a52) rebuilds a
+        # layer's K,V only after its whole cache has arrived, in both of its paths:
+        # - FlexGen fork, `flexgen/flex_opt.py` `OptLM.generation_loop_overlap_single_batch`
+        #   (and `_multi_batch`): `load_hidden_compute(j+1)` and `load_cache(j+1)` are issued
+        #   on their own streams before `compute_layer(j)`, and `sync()`
+        #   (`torch.cuda.synchronize`) ends every (sub)layer, so `SelfAttention.forward`'s
+        #   rebuild of layer j (`F.layer_norm` + `F.linear(w_k/w_v)`) runs after layer j's
+        #   activations and K,V both landed, overlapping only the prefetch for j+1;
+        # - HF path, `transformers/src/transformers/cache_utils.py`
+        #   `OffloadedStaticCache.update`: `default_stream.wait_stream(_prefetch_stream)`
+        #   (which copied K, V, then the activations, `_prefetch_layer_in_context`) before
+        #   `k_proj/v_proj(recomputed_activations)`, then `_prefetch_layer(layer_idx + 1)`.
+        # Its weights are prefetched a (sub)layer ahead like FlexGen's (`load_weight(i, j+1)`);
+        # `--load-partial-weight` (W_K, W_V, LN on a second stream) gains nothing behind the
+        # per-(sub)layer sync, so the layer's weights are one load here.
+        return BlockOptions(step_barrier=pol.step_barrier, cache_pinned=pol.pinned, rebuild_after_kv=True)
     if pol.kind is PolicyKind.hybridserve:
         return BlockOptions(step_barrier=pol.step_barrier, cache_pinned=pol.pinned)
     return BlockOptions(cache_pinned=pol.pinned)
@@ -123,9 +138,6 @@ class _BlockBuilder:
         self.cpu_attention = self.pol.cpu_attention
         streamed = 1.0 - self.pol.weights_gpu_percent / 100.0
         self.weight_link_bytes = round(m.weight_bytes_per_layer * streamed)
-        early = round(kv_proj_early_params(m) * m.dtype_bytes * streamed) if self.opts.early_kv_proj else 0
-        #: (part, bytes) of each layer's streamed weights, in load order
-        self.weight_parts = [(n, b) for n, b in (("kv_proj", early), ("rest", self.weight_link_bytes - early)) if b]
         self.cache_host_fraction = 1.0 - self.pol.cache_gpu_percent / 100.0
         # uniform schemes give every GPU batch the same sizes: one template serves all
         uniform = all(getattr(type(scheme), f) is getattr(CacheScheme, f)
@@ -135,11 +147,12 @@ class _BlockBuilder:
         self.payloads: dict[tuple, int] = {}
         self.payload_stream: list[Stream] = []
         self.largest: dict[OpKind, int] = {}
-        self.workspace = 0
+        self.kinds: set[OpKind] = set()
+        self.transient = 0  # the largest a kernel allocates while it runs (see sim/memory.py)
         self._loads_t: dict[tuple, tuple] = {}
         self._compute_t: dict[tuple, tuple] = {}
         self._stores_t: dict[tuple, tuple] = {}
-        self._weights_t: tuple | None = None
+        self._weights_t: int | None = None
 
     # ---------------------------------------------------------------- payloads
     def _payload(self, kind: OpKind, link_bytes: int = 0, flops: float = 0.0, hbm_bytes: int = 0,
@@ -157,10 +170,11 @@ class _BlockBuilder:
         if idx is None:
             idx = self.payloads[key] = len(self.payloads)
             self.payload_stream.append(stream)
+            self.kinds.add(kind)
         if gpu_bytes > self.largest.get(kind, 0):
             self.largest[kind] = gpu_bytes
-        if workspace_bytes > self.workspace:
-            self.workspace = workspace_bytes
+        if workspace_bytes > self.transient:
+            self.transient = workspace_bytes
         return idx
 
     def _work_payload(self, kind: OpKind, w: costs.Work, **sizes) -> int:
@@ -188,17 +202,12 @@ class _BlockBuilder:
         return self.wl.prompt_len + step - 1
 
     # --------------------------------------------------------------- templates
-    def _weights_template(self) -> tuple:
-        """((payload, is the early W_K/W_V part), ...) of one layer's weight loads."""
+    def _weights_template(self) -> int:
+        """The payload of one layer's streamed weight load."""
         if self._weights_t is None:
-            parts = []
-            for part, nbytes in self.weight_parts:
-                shape = (("params", self.m.layer_params),)
-                if len(self.weight_parts) > 1:
-                    shape += (("part_bytes", nbytes), (part, 1))
-                parts.append((self._payload(OpKind.load_weights, link_bytes=nbytes, gpu_bytes=nbytes,
-                                            shape=shape), part == "kv_proj"))
-            self._weights_t = tuple(parts)
+            self._weights_t = self._payload(OpKind.load_weights, link_bytes=self.weight_link_bytes,
+                                            gpu_bytes=self.weight_link_bytes,
+                                            shape=(("params", self.m.layer_params),))
         return self._weights_t
 
     def _loads_template(self, t: int, layer: int, j: int) -> tuple:
@@ -269,11 +278,21 @@ class _BlockBuilder:
                                              gpu_bytes=total * self.kv_tok, shape=self._tok_shape(total))
                 else:  # recompute_layer: re-run this layer for the recomputed prefix
                     work = costs.recompute_layer_work(m, gbs, tokens, last)
-                    out = gbs * tokens * (self.kv_tok + (0 if last else self.act_tok))
+                    # what the next op of this prefix reads: the layer's output hidden state for
+                    # the next layer's re-run, the rebuilt K,V on the last layer (the executor
+                    # writes the hidden state in place, hw/runner.py `_recompute_layer`)
+                    out = gbs * tokens * (self.kv_tok if last else self.act_tok)
                     rec = self._work_payload(rec_kind, work, gpu_bytes=out,
                                              shape=(("batch", gbs), ("tokens", tokens), ("last_layer", int(last))))
-            attn = self._work_payload(OpKind.attention, costs.attention_work(m, gbs, new, past),
-                                      gpu_bytes=gbs * new * self.kv_tok + hidden_bytes, shape=shape)
+            # its output slots: the new tokens' K,V, and their input activations where they are
+            # stored; the hidden state is updated in place (hw/runner.py `_attention`)
+            out_bytes = gbs * new * (self.kv_tok + (self.act_tok if self._stores_act(t, j) else 0))
+            work = costs.attention_work(m, gbs, new, past)
+            attn = self._work_payload(OpKind.attention, work, gpu_bytes=out_bytes, shape=shape)
+            reads_past = plan is not None or self.scheme.mb_loads(past, j, gbs).get(OpKind.load_kv, 0) > 0 \
+                if t > 0 else False
+            context = attention_context_bytes(self.point, past, reads_past)
+            self.transient = max(self.transient, work.workspace_bytes + context)
             head = ("gpu", rec_kind, rec, attn)
         ffn = self._work_payload(OpKind.ffn, costs.ffn_work(m, gbs, new), gpu_bytes=hidden_bytes, shape=shape)
         lm = None
@@ -282,6 +301,14 @@ class _BlockBuilder:
                                     shape=(("batch", gbs),))
         got = self._compute_t[key] = (*head, ffn, lm, host_alloc)
         return got
+
+    def _stores_act(self, t: int, j: int) -> bool:
+        """Whether item (t, ., j) stores its new tokens' input activations."""
+        if t == 0:
+            wanted = self.scheme.mb_prefill_stores(self.wl.prompt_len, j, self.gbs)
+        else:
+            wanted = self.scheme.mb_new_token_stores(self._past(t), j, self.gbs)
+        return wanted.get(OpKind.store_act, 0) > 0
 
     def _stores_template(self, t: int, j: int) -> tuple | None:
         """(payloads of the stores of item (t, ., j), host bytes they keep); None: no stores
@@ -314,10 +341,9 @@ class _BlockBuilder:
         return [(t, layer, j) for t in range(n) for layer in range(L) for j in range(k)]
 
     def _plan_walk(self) -> int:
-        """Make every template, in the order `build` first issues an op of each, so the plan
-        sees kinds in issue order (its items keep that order); returns the host bytes the
-        ops keep. Sizes depend only on (step, GPU batch, layer class), so this is
-        O(steps x GPU batches), not O(ops).
+        """Make every template, in the order `build` first issues an op of each (payloads are
+        interned in that order); returns the host bytes the ops keep. Sizes depend only on
+        (step, GPU batch, layer class), so this is O(steps x GPU batches), not O(ops).
 
         Where each template is first used, as (iteration, phase) of `_emit`'s loop: item x's
         cache loads are issued in iteration x - 1 (phase 3; with one layer and one GPU batch a
@@ -367,8 +393,8 @@ class _BlockBuilder:
             prompt_len=self.wl.prompt_len, gen_len=n,
         )
         cache_on_host = self._plan_walk()
-        plan, gpu_static, host_static = plan_from_sizes(self.point, self.scheme, self.largest, self.workspace,
-                                                        cache_on_host)
+        plan, gpu_static, host_static = plan_from_sizes(self.point, self.scheme, self.largest, self.transient,
+                                                        cache_on_host, self.kinds)
         if check_memory:
             wl = self.wl
             check_plan(plan, f"{self.m.name} on {self.point.hardware.name}, {self.pol.label}, batch {wl.batch} "
@@ -427,8 +453,8 @@ class _BlockBuilder:
             mid = [coded_compute(compute_t(t, 0, j)) for j in range(k)] if L > 1 else []
             CT += mid * (L - 1) + [coded_compute(compute_t(t, L - 1, j)) for j in range(k)]
             ST += [coded_stores(stores_t(t, j)) for j in range(k)] * L
-        weights_t = tuple((pay * N, is_early) for pay, is_early in self._weights_template()) \
-            if self.weight_link_bytes else ()
+        weights_code = self._weights_template() * N if self.weight_link_bytes else None
+        rebuild_after_kv = self.opts.rebuild_after_kv
 
         PC: list[int] = []  # payload * N + item, per op
         DEPS: list[tuple[int, ...]] = []
@@ -440,7 +466,6 @@ class _BlockBuilder:
 
         # producers, by item or by layer index (t * L + layer)
         weights: list[int | None] = [None] * n_layers
-        early: list[int | None] = [None] * n_layers
         attention: list[int] = [0] * n_items
         tail: list[int] = [0] * n_items  # the ffn, or the LM head on the last layer
         ffn_of: list[int] = [0] * n_items
@@ -456,16 +481,11 @@ class _BlockBuilder:
             after = tuple(tail[(idx - 2) * k:(idx - 1) * k]) if idx >= 2 else ()
             if barrier:
                 after = tuple(sorted(bset.union(after)))
-            item = idx * k
-            for code, is_early in weights_t:
-                pc_app(code + item)
-                d_app(())
-                a_app(after)
-                if is_early:
-                    early[idx] = nid
-                weights[idx] = nid  # the last part: the whole layer has arrived
-                nid += 1
-            return nid
+            pc_app(weights_code + idx * k)
+            d_app(())
+            a_app(after)
+            weights[idx] = nid
+            return nid + 1
 
         def emit_loads(i: int, nid: int) -> int:
             codes, tok, *_ = LT[i]
@@ -483,7 +503,7 @@ class _BlockBuilder:
                 nid += 1
             return nid
 
-        if weights_t:
+        if weights_code is not None:
             nid = weight_load(0, nid)
         nid = emit_loads(0, nid)
         since = 0
@@ -505,7 +525,7 @@ class _BlockBuilder:
                 since = nid
             plain = barrier
             li = t * L + layer
-            if j == 0 and li + 1 < n_layers and weights_t:
+            if j == 0 and li + 1 < n_layers and weights_code is not None:
                 nid = weight_load(li + 1, nid)
             # store(i - 1): one behind (issue order across streams does not change any stream's queue)
             if i >= 1:
@@ -561,8 +581,9 @@ class _BlockBuilder:
                 rec = None
                 if rec_c is not None:
                     if rec_kind is recompute_kv:
-                        e = early[li]
-                        deps = _ids2(w if e is None else e, None if act_off is None else base + act_off)
+                        deps = _ids2(w, None if act_off is None else base + act_off)
+                        if rebuild_after_kv and kv_off is not None:  # KVPR: see BlockOptions
+                            deps = _ids(*deps, base + kv_off)
                     else:  # recompute_layer: re-run this layer for the recomputed prefix
                         deps = _ids2(w, rec_of[i - k] if layer else (None if tok_off is None else base + tok_off))
                         rec_of[i] = nid

@@ -1,12 +1,28 @@
 """KVPR (I/O-aware partial KV recomputation): per layer, the activations of the first
-`l` tokens cross the link first and their K,V are rebuilt on the GPU while the K,V of
-the remaining tokens stream.
+`l` tokens cross the link and their K,V are rebuilt on the GPU; the K,V of the
+remaining tokens cross as K,V.
 
-The host keeps both the K,V and the input activation of every token (so any split
-is possible at any step): each token is stored twice, as `store_kv` and `store_act`.
+What the host keeps follows KVPR's released code (github.com/chaoyij/KVPR, read at the
+fork AndreaLeang/KVPR, commit 1712a52, the authors' first commit). Its patched HF cache
+(`transformers/src/transformers/cache_utils.py`, `OffloadedStaticCache.__init__` and
+`update`) holds the prompt's first `l` tokens *only* as activations
+(`activations[layer].copy_(hidden_states[:, :recompute_len])` at prefill) and every later
+token *only* as K,V (a host K,V of `max_cache_len - recompute_len` positions; each decode
+token is written there by `index_copy_`). `l` is chosen once per run
+(`run_hf_ds.py`, `run_generation`; `flexgen/flex_opt.py`, `run_flexgen`:
+`utils.get_optimal_split_point`), so one form per token suffices. (The FlexGen-fork path,
+`flexgen/flex_opt.py` `SelfAttention.store_cache`, also writes the K,V of `[0, l)` into a
+full-length home that it never reads, and never fills its activation block,
+`init_hidden_compute_one_gpu_batch`: its outputs are not a model's; hssim keeps the HF
+path's forms, which the FlexGen path's loads read the same way: `load_hidden_compute`
+the whole `[0, l)` block, `load_cache` path 0 `slice(recompute_len, prompt_len + i)`.)
+
 `l` is fixed (`split_tokens`), KVPR's closed form chosen once per run
 (`split_rule: closed-form`), or chosen per decode step by the cost model
-(`split_rule: per-step`).
+(`split_rule: per-step`, hssim's extension: KVPR's code has no such rule). A token is
+stored in each form some later step reads it in: with one `l` for the run (KVPR's
+rules) that is one form per token, activations below `l` and K,V from `l` on; a
+per-step `l` keeps both forms for the tokens between its smallest and largest split.
 """
 
 from __future__ import annotations
@@ -87,15 +103,45 @@ def per_step_split(m: ModelSpec, hw: HardwareSpec, gbs: int, past: int) -> int:
 
 @dataclass(frozen=True)
 class KVPR(CacheScheme):
-    """`split(past)` tokens as activations (a prefix), the rest as K,V; every token stored as both."""
+    """`split(past)` tokens as activations (a prefix), the rest as K,V; each token stored
+    in the forms that a later step loads it in.
+
+    Decode steps see `past` from `first_past` (the prompt) to `final_past` (prompt + gen
+    − 2); a token no step reads (the last one) is stored as K,V, as every scheme stores it."""
 
     splits: dict[int, int] = field(default_factory=dict)
     fixed: int | None = None
+    first_past: int = 0
+    final_past: int = 0
 
     def split(self, past: int) -> int:
         if self.fixed is not None:
             return min(self.fixed, past)
         return self.splits.get(past, 0)
+
+    def _split_range_after(self, position: int) -> tuple[int, int] | None:
+        """(smallest, largest) split of the decode steps that read `position` (those with
+        past > position); None if none does."""
+        first = max(position + 1, self.first_past)
+        if first > self.final_past:
+            return None
+        if self.fixed is not None:  # split(past) = min(l, past) is non-decreasing in past
+            return self.split(first), self.split(self.final_past)
+        got = [self.split(p) for p in range(first, self.final_past + 1)]
+        return min(got), max(got)
+
+    def _forms(self, position: int) -> dict[OpKind, int]:
+        """{store kind: 1} for each form in which the token at `position` is read later."""
+        rng = self._split_range_after(position)
+        if rng is None:
+            return {OpKind.store_kv: 1}
+        lo, hi = rng
+        out = {}
+        if position < hi:
+            out[OpKind.store_act] = 1
+        if position >= lo:
+            out[OpKind.store_kv] = 1
+        return out
 
     def loads(self, past: int) -> dict[OpKind, int]:
         a = self.split(past)
@@ -106,17 +152,24 @@ class KVPR(CacheScheme):
         return (OpKind.recompute_kv, a) if a else None
 
     def prefill_stores(self, prompt: int) -> dict[OpKind, int]:
-        return {OpKind.store_act: prompt, OpKind.store_kv: prompt}
+        # every prompt position is read by the same steps (all of them), so the prompt's
+        # activations are a prefix and its K,V a suffix (as hw's host layout expects)
+        rng = self._split_range_after(prompt - 1) if prompt else None
+        if rng is None:
+            return {OpKind.store_kv: prompt}
+        lo, hi = min(rng[0], prompt), min(rng[1], prompt)
+        return {OpKind.store_act: hi, OpKind.store_kv: prompt - lo}
 
     def new_token_stores(self, past: int) -> dict[OpKind, int]:
-        return {OpKind.store_act: 1, OpKind.store_kv: 1}
+        return self._forms(past)
 
 
 def kvpr_scheme(point: PointSpec) -> KVPR:
     pol, wl, m, hw = point.policy, point.workload, point.model, point.hardware
+    steps = dict(first_past=wl.prompt_len, final_past=wl.prompt_len + wl.gen_len - 2)
     if pol.split_tokens is not None:
-        return KVPR(fixed=pol.split_tokens)
-    pasts = range(wl.prompt_len, wl.prompt_len + wl.gen_len)
+        return KVPR(fixed=pol.split_tokens, **steps)
     if pol.split_rule is SplitRule.closed_form:
-        return KVPR(fixed=closed_form_split_for(m, hw, wl.prompt_len))
-    return KVPR(splits={p: per_step_split(m, hw, point.gpu_batch_size, p) for p in pasts})
+        return KVPR(fixed=closed_form_split_for(m, hw, wl.prompt_len), **steps)
+    pasts = range(wl.prompt_len, wl.prompt_len + wl.gen_len)
+    return KVPR(splits={p: per_step_split(m, hw, point.gpu_batch_size, p) for p in pasts}, **steps)

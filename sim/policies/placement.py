@@ -1,4 +1,4 @@
-"""Where a layer's weights live: FlexGen's whole-tensor placement, and KVPR's early part.
+"""Where a layer's weights live: FlexGen's whole-tensor placement.
 
 FlexGen (`flex_opt.py`, `init_weight_list`) places each weight tensor of a module
 (the attention block, the MLP block) whole: a tensor goes to the GPU when the
@@ -60,7 +60,3 @@ def flexgen_gpu_weight_percent(m: ModelSpec, weights_gpu_percent: float) -> floa
         mlp_tensors(m), weights_gpu_percent)
     return 100.0 * on_gpu / m.layer_params
 
-
-def kv_proj_early_params(m: ModelSpec) -> int:
-    """What rebuilding K,V from x needs first: the attention layer norm, W_K and W_V (with biases)."""
-    return m.kv_proj_params + _norm_params(m)

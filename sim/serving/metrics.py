@@ -6,6 +6,10 @@
 - throughput: output tokens / (last token's time - first arrival).
 - remapped layers: time-weighted mean and maximum over iterations; the per-iteration
   log (`ServingRun.iterations`) has the full series.
+- swaps: the cudaMemcpyAsync calls vLLM issues for them, and the time iterations waited.
+- tenants: weight reloads (a tenant whose weights were reclaimed gets a request), the
+  time from that request's arrival until its weights were back, and the most bytes of
+  other tenants' weights a tenant's pool held.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ def serving_metrics(states: list[RequestState], iterations: pd.DataFrame, layers
     dur = (it["end_s"] - it["start_s"]).to_numpy()
     busy_s = float(dur.sum())
     remapped = it["remapped_layers"].to_numpy()
+    swapped_gb = float(it["h2d_kv_bytes"].sum() + it["d2h_kv_bytes"].sum()) / 1e9
     return {
         "requests": len(states),
         "output_tokens": tokens,
@@ -58,9 +63,15 @@ def serving_metrics(states: list[RequestState], iterations: pd.DataFrame, layers
         "recomputed_tokens": int(sum(s.recomputed_tokens for s in states)),
         "h2d_kv_bytes": int(it["h2d_kv_bytes"].sum()),
         "h2d_weight_bytes": int(it["h2d_weight_bytes"].sum()),
-        "h2d_bytes": int(it["h2d_kv_bytes"].sum() + it["h2d_weight_bytes"].sum()),
+        "h2d_reload_bytes": int(it["h2d_reload_bytes"].sum()),
+        "h2d_bytes": int(it["h2d_kv_bytes"].sum() + it["h2d_weight_bytes"].sum() + it["h2d_reload_bytes"].sum()),
         "d2h_bytes": int(it["d2h_kv_bytes"].sum()),
+        "kv_copies": int(it["kv_copies"].sum()),
         "swap_wait_s": float(it["swap_wait_s"].sum()),
+        "swap_wait_s_per_gb": (float(it["swap_wait_s"].sum()) / swapped_gb) if swapped_gb else 0.0,
+        "weight_reloads": int((it["reloaded_layers"] > 0).sum()),
+        "reload_wait_s": float(it["reload_wait_s"].sum()),
+        "borrowed_bytes_max": int(it["borrowed_bytes"].max()) if len(it) else 0,
         "weight_stall_s": float(it["weight_stall_s"].sum()),
         "remapped_layers_mean": float((remapped * dur).sum() / busy_s) if busy_s > 0 else 0.0,
         "remapped_layers_max": int(remapped.max()) if len(remapped) else 0,

@@ -3,7 +3,8 @@
 A block holds the K and V of `block_tokens` tokens in every layer, so a request with
 `t` tokens in its cache holds `ceil(t / block_tokens)` blocks. The pool's size is the GPU
 memory left for KV, plus (under Oneiros) the pages of remapped layers' weights less the
-two staging buffers the streamed layers are loaded into.
+two staging buffers the streamed layers are loaded into, plus the pages of idle tenants'
+weights it has reclaimed.
 """
 
 from __future__ import annotations
@@ -59,15 +60,21 @@ class KVPool:
         staging = min(remapped_layers, STAGING_BUFFERS)
         return (remapped_layers - staging) * self.layer_weight_bytes
 
-    def capacity_blocks(self, remapped_layers: int = 0) -> int:
-        return (self.base_kv_bytes + self.freed_bytes(remapped_layers)) // self.block_bytes
+    def capacity_blocks(self, remapped_layers: int = 0, borrowed_bytes: int = 0) -> int:
+        """Blocks of the pool with `remapped_layers` of its own layers remapped and `borrowed_bytes`
+        of other tenants' reclaimed weights added."""
+        return (self.base_kv_bytes + self.freed_bytes(remapped_layers) + borrowed_bytes) // self.block_bytes
 
     def blocks(self, tokens: int) -> int:
         return blocks_for_tokens(tokens, self.block_tokens)
 
-    def layers_for(self, blocks_needed: int) -> int:
+    def short_bytes(self, blocks_needed: int, borrowed_bytes: int = 0) -> int:
+        """Bytes the pool lacks for `blocks_needed` with none of its own layers remapped (<= 0: none)."""
+        return blocks_needed * self.block_bytes - self.base_kv_bytes - borrowed_bytes
+
+    def layers_for(self, blocks_needed: int, borrowed_bytes: int = 0) -> int:
         """Fewest remapped layers whose pool holds `blocks_needed` (may exceed `layers`: not reachable)."""
-        short_bytes = blocks_needed * self.block_bytes - self.base_kv_bytes
+        short_bytes = self.short_bytes(blocks_needed, borrowed_bytes)
         if short_bytes <= 0:
             return 0
         return STAGING_BUFFERS + -(-short_bytes // self.layer_weight_bytes)

@@ -1,7 +1,8 @@
 """What to do when the running requests' KV cache outgrows the GPU pool.
 
 - `vllm-swap`: preempt the lowest-priority running request and copy its KV blocks to
-  host memory (D2H); copy them back (H2D) when it resumes. Both link directions carry KV.
+  host memory (D2H); copy them back (H2D) when it resumes. Both link directions carry KV,
+  block by block, layer by layer, K and V apart, as vLLM issues them (`timing.kv_swap_s`).
 - `vllm-recompute`: preempt by dropping its KV blocks; it re-enters the queue and its
   prompt plus the tokens generated so far are prefilled again.
 - `oneiros`: before preempting, free the GPU pages of `N` layers' (read-only) weights and
@@ -13,7 +14,8 @@
   time <= compute time`); the `N` layers are spread over the layers, nested in `N`
   (`remap_order`). When even the bound is not enough, it preempts like `fallback` (swap by
   default). `respect_bound: false` drops the bound (N then follows demand alone): on a slow
-  link the streaming no longer hides.
+  link the streaming no longer hides. With several tenants on one GPU, it first reclaims
+  the weights of idle tenants (`engine`), and remaps its own layers only for what is left.
 """
 
 from __future__ import annotations

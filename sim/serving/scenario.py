@@ -22,6 +22,15 @@
     sweep:                                    # cartesian product of the axes
       workload.rate_rps: [1, 2, 4, 8]         # also: model, hardware, gpu_kv_bytes, engine.<f>, policy.<f>
 
+Several models on one GPU (tenants) replace `model`, `workload` and `gpu_kv_bytes` by a list;
+each tenant's weights are resident to begin with, and a sweep's `workload.<f>` sets it in every
+tenant's workload::
+
+    tenants:
+      - {name: chat, model: llama-2-7b, gpu_kv_bytes: 4.0e9,
+         workload: {requests: 200, rate_rps: 6, bursts: {on_s: 10, period_s: 30, offset_s: 0}, ...}}
+      - {name: code, model: llama-2-7b, workload: {...}}   # no gpu_kv_bytes: an equal share of the rest
+
 Every problem is a one-line `ScenarioError` naming the file, the field and the fix.
 """
 
@@ -40,19 +49,26 @@ from ..presets import HARDWARE, MODELS
 from ..scenario import ScenarioError, load_yaml, pydantic_error, resolve_preset
 from ..specs import HardwareSpec, ModelSpec
 from .policies import ServingPolicyKind, ServingPolicySpec
-from .specs import ServingEngineSpec, ServingPoint
+from .specs import ServingEngineSpec, ServingPoint, TenantSpec
 from .workload import ServingWorkload, read_trace
 
-TOP_KEYS = {"name", "description", "model", "hardware", "gpu_kv_bytes", "engine", "workload", "policies", "sweep"}
-REQUIRED = ("model", "hardware", "workload", "policies")
+TOP_KEYS = {"name", "description", "model", "hardware", "gpu_kv_bytes", "engine", "workload", "policies", "sweep",
+            "tenants"}
+REQUIRED = ("hardware", "policies")
+SINGLE_KEYS = ("model", "workload")
+TENANT_KEYS = {"name", "model", "workload", "gpu_kv_bytes"}
 NESTED_AXES = {"workload": ServingWorkload, "engine": ServingEngineSpec, "policy": ServingPolicySpec}
 
 
-def _check_axis(source: str, axis: str, values: Any) -> None:
+def _check_axis(source: str, axis: str, values: Any, tenants: bool) -> None:
     field = f"sweep.{axis}"
     if not isinstance(values, list) or not values:
         raise ScenarioError(source, field, "must be a non-empty list", f"write '{axis}: [v1, v2, ...]'")
     head, _, rest = axis.partition(".")
+    if tenants and head in ("model", "gpu_kv_bytes"):
+        raise ScenarioError(source, field, "a scenario with tenants sets the model and gpu_kv_bytes per tenant",
+                            "sweep hardware, workload.<field>, engine.<field> or policy.<field>, or write "
+                            "one scenario per tenant list")
     known = (head in ("model", "hardware", "gpu_kv_bytes") and not rest) or (
         head in NESTED_AXES and rest in NESTED_AXES[head].model_fields and rest != "kind")
     if not known:
@@ -76,34 +92,36 @@ def _validate(source: str, field: str, cls, value: Any):
         raise pydantic_error(source, field, e) from None
 
 
-def _workload(source: str, base_dir: Path, value: Any) -> ServingWorkload:
-    wl = _validate(source, "workload", ServingWorkload, value)
+def _workload(source: str, base_dir: Path, value: Any, field: str = "workload") -> ServingWorkload:
+    wl = _validate(source, field, ServingWorkload, value)
     if wl.trace is not None and not Path(wl.trace).is_absolute():
         wl = wl.model_copy(update={"trace": str((base_dir / wl.trace).resolve())})
     return wl
 
 
-def _check_fits(source: str, point: ServingPoint) -> None:
-    wl = point.workload
-    if wl.trace is not None:
-        prompt, output = _trace_longest(wl.trace)
-        field = "workload.trace"
-    else:
-        prompt, output = wl.prompt_len.upper, wl.output_len.upper
-        field = "workload.prompt_len"
-    tokens = prompt + output
-    if tokens > point.model.max_positions:
-        raise ScenarioError(source, field, f"a request of {prompt} + {output} tokens exceeds "
-                            f"{point.model.name}'s {point.model.max_positions} positions",
-                            "lower the longest prompt_len / output_len")
-    limit = point.max_request_tokens()
-    if tokens - 1 > limit:
-        raise ScenarioError(source, field, f"a request of {prompt} + {output} tokens needs more KV than the "
-                            f"pool's {limit} tokens ({point.kv_pool.base_kv_bytes / 1e9:.2f} GB)",
-                            "raise gpu_kv_bytes or lower the longest lengths")
+def _check_fits(source: str, point: ServingPoint, tenant_fields: bool) -> None:
+    for i, tenant in enumerate(point.tenants):
+        wl, model = tenant.workload, tenant.model
+        prefix = f"tenants[{i}]." if tenant_fields else ""
+        if wl.trace is not None:
+            prompt, output = _trace_longest(wl.trace)
+            field = f"{prefix}workload.trace"
+        else:
+            prompt, output = wl.prompt_len.upper, wl.output_len.upper
+            field = f"{prefix}workload.prompt_len"
+        tokens = prompt + output
+        if tokens > model.max_positions:
+            raise ScenarioError(source, field, f"a request of {prompt} + {output} tokens exceeds "
+                                f"{model.name}'s {model.max_positions} positions",
+                                "lower the longest prompt_len / output_len")
+        limit = point.tenant_max_request_tokens(i)
+        if tokens - 1 > limit:
+            raise ScenarioError(source, field, f"a request of {prompt} + {output} tokens needs more KV than the "
+                                f"pool's {limit} tokens ({point.tenant_pool(i).base_kv_bytes / 1e9:.2f} GB)",
+                                f"raise {prefix}gpu_kv_bytes or lower the longest lengths")
 
 
-def _kv_bytes(source: str, value: Any) -> int | None:
+def _kv_bytes(source: str, value: Any, field: str = "gpu_kv_bytes") -> int | None:
     """gpu_kv_bytes as an int; YAML reads `6.0e9` (no sign in the exponent) as a string, so accept that."""
     if value is None:
         return None
@@ -112,7 +130,7 @@ def _kv_bytes(source: str, value: Any) -> int | None:
     except (TypeError, ValueError):
         kv = -1.0
     if not kv > 0 or kv == float("inf"):
-        raise ScenarioError(source, "gpu_kv_bytes", f"must be a positive number of bytes, got {value!r}",
+        raise ScenarioError(source, field, f"must be a positive number of bytes, got {value!r}",
                             "write e.g. 'gpu_kv_bytes: 6.0e9' or leave it out")
     return int(kv)
 
@@ -123,9 +141,65 @@ def _set_dotted(data: dict, axis: str, value: Any) -> None:
         data[head] = value
     elif head == "policy":
         data["policies"] = [{**p, rest: value} if isinstance(p, Mapping) else p for p in data["policies"]]
+    elif head == "workload" and "tenants" in data:
+        data["tenants"] = [{**t, "workload": {**t["workload"], rest: value}} for t in data["tenants"]]
     else:
         section = data.get(head) or {}
         data[head] = {**section, rest: value} if isinstance(section, Mapping) else section
+
+
+def _check_tenants(source: str, data: Mapping) -> None:
+    """The shape of a `tenants:` list: mappings with a model and a workload, names distinct."""
+    if "tenants" not in data:
+        for key in SINGLE_KEYS:
+            if key not in data:
+                raise ScenarioError(source, key, "missing", f"add '{key}:' (or a 'tenants:' list)")
+        return
+    clash = [k for k in ("model", "workload", "gpu_kv_bytes") if k in data]
+    if clash:
+        raise ScenarioError(source, clash[0], "a scenario with tenants sets it per tenant",
+                            f"move '{clash[0]}:' into each entry of 'tenants:'")
+    tenants = data["tenants"]
+    if not isinstance(tenants, list) or not tenants:
+        raise ScenarioError(source, "tenants", "must be a non-empty list",
+                            "write '- {name: .., model: .., workload: {..}}' per tenant")
+    names: dict[str, int] = {}
+    for i, t in enumerate(tenants):
+        field = f"tenants[{i}]"
+        if not isinstance(t, Mapping):
+            raise ScenarioError(source, field, "must be a mapping", "write '- {name: .., model: .., workload: {..}}'")
+        unknown = sorted(set(t) - TENANT_KEYS)
+        if unknown:
+            raise ScenarioError(source, f"{field}.{unknown[0]}", "unknown key",
+                                f"use only: {', '.join(sorted(TENANT_KEYS))}")
+        for key in ("model", "workload"):
+            if t.get(key) is None:
+                raise ScenarioError(source, f"{field}.{key}", "missing",
+                                    f"give tenant {i} its own '{key}:'" + (
+                                        " ({requests: .., rate_rps: .., prompt_len: .., output_len: ..} "
+                                        "or {trace: FILE})" if key == "workload" else ""))
+        name = t.get("name", t["model"] if isinstance(t["model"], str) else None)
+        if not isinstance(name, str) or not name.strip():
+            raise ScenarioError(source, f"{field}.name", "missing", "give the tenant a 'name:'")
+        if name in names:
+            raise ScenarioError(source, f"{field}.name", f"'{name}' is also the name of tenants[{names[name]}]",
+                                "give each tenant its own name")
+        names[name] = i
+
+
+def _tenant_specs(source: str, chosen: Mapping, base_dir: Path) -> list[TenantSpec]:
+    if "tenants" not in chosen:
+        model = resolve_preset(source, "model", chosen["model"], MODELS, ModelSpec)
+        return [TenantSpec(name=model.name, model=model, workload=_workload(source, base_dir, chosen["workload"]),
+                           gpu_kv_bytes=_kv_bytes(source, chosen.get("gpu_kv_bytes")))]
+    out = []
+    for i, t in enumerate(chosen["tenants"]):
+        field = f"tenants[{i}]"
+        model = resolve_preset(source, f"{field}.model", t["model"], MODELS, ModelSpec)
+        out.append(TenantSpec(name=str(t.get("name", model.name)), model=model,
+                              workload=_workload(source, base_dir, t["workload"], f"{field}.workload"),
+                              gpu_kv_bytes=_kv_bytes(source, t.get("gpu_kv_bytes"), f"{field}.gpu_kv_bytes")))
+    return out
 
 
 def points_from_mapping(data: Mapping, source: str, default_name: str, base_dir: Path) -> list[ServingPoint]:
@@ -135,6 +209,8 @@ def points_from_mapping(data: Mapping, source: str, default_name: str, base_dir:
     for key in REQUIRED:
         if key not in data:
             raise ScenarioError(source, key, "missing", f"add '{key}:' (see the serving scenario format)")
+    _check_tenants(source, data)
+    has_tenants = "tenants" in data
     policies = data["policies"]
     if not isinstance(policies, list) or not policies:
         raise ScenarioError(source, "policies", "must be a non-empty list", "write e.g. '- {kind: vllm-swap}'")
@@ -151,7 +227,7 @@ def points_from_mapping(data: Mapping, source: str, default_name: str, base_dir:
         raise ScenarioError(source, "sweep", "must be a mapping of axis: [values]",
                             "write e.g. 'workload.rate_rps: [1, 2, 4]'")
     for axis, values in sweep.items():
-        _check_axis(source, str(axis), values)
+        _check_axis(source, str(axis), values, has_tenants)
     name = str(data.get("name", default_name))
     axes = [str(a) for a in sweep]
     points: list[ServingPoint] = []
@@ -159,21 +235,25 @@ def points_from_mapping(data: Mapping, source: str, default_name: str, base_dir:
         chosen = copy.deepcopy(dict(data))
         for axis, value in zip(axes, combo, strict=True):
             _set_dotted(chosen, axis, value)
-        model = resolve_preset(source, "model", chosen["model"], MODELS, ModelSpec)
+        tenants = _tenant_specs(source, chosen, base_dir)
         hardware = resolve_preset(source, "hardware", chosen["hardware"], HARDWARE, HardwareSpec)
-        workload = _workload(source, base_dir, chosen["workload"])
         engine = _validate(source, "engine", ServingEngineSpec, chosen.get("engine") or {})
-        kv = _kv_bytes(source, chosen.get("gpu_kv_bytes"))
         for idx, pol in enumerate(chosen["policies"]):
             policy = _validate(source, f"policies[{idx}]", ServingPolicySpec, pol)
             try:
-                point = ServingPoint(scenario=name, model=model, hardware=hardware, workload=workload,
-                                     engine=engine, policy=policy, gpu_kv_bytes=kv)
+                point = ServingPoint(scenario=name, hardware=hardware, engine=engine, policy=policy,
+                                     tenants=tuple(tenants))
             except ValidationError as e:
                 msg = e.errors()[0]["msg"].removeprefix("Value error, ")
-                raise ScenarioError(source, "gpu_kv_bytes" if "gpu_kv_bytes" in msg else "hardware", msg,
-                                    "lower gpu_kv_bytes, or pick a larger GPU or a smaller model") from None
-            _check_fits(source, point)
+                if has_tenants:
+                    field = "tenants"
+                    fix = ("lower the tenants' gpu_kv_bytes" if "gpu_kv_bytes" in msg else
+                           "drop a tenant, pick smaller models, or a GPU with more memory")
+                else:
+                    field = "gpu_kv_bytes" if "gpu_kv_bytes" in msg else "hardware"
+                    fix = "lower gpu_kv_bytes, or pick a larger GPU or a smaller model"
+                raise ScenarioError(source, field, msg, fix) from None
+            _check_fits(source, point, has_tenants)
             points.append(point)
     return points
 

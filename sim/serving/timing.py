@@ -9,6 +9,22 @@ batch-independent part once. Nothing here re-derives a FLOP or byte count. The F
 all tokens of the iteration at once (`ffn_work(model, tokens, 1)`), the LM head on the
 sequences that emit a token. All layers have one shape, so a layer's time is the same for
 every layer of an iteration.
+
+KV swaps are priced as vLLM issues them (v0.6.3.post1, V0 engine; the same code through v0.8.5
+V0): `CacheEngine.swap_in/swap_out` (vllm/worker/cache_engine.py) loop over the layers and call
+the attention backend's `swap_blocks` for K and then for V (`PagedAttention.swap_blocks`,
+vllm/attention/ops/paged_attn.py; `FlashAttentionBackend.swap_blocks`), and
+`csrc/cache_kernels.cu::swap_blocks` loops over the block mapping on the host and issues one
+`cudaMemcpyAsync` per block on the current (compute) stream, to or from pinned host blocks
+(`CacheEngine._allocate_kv_cache`, `pin_memory=is_pin_memory_available()`). So a swap of `B`
+blocks is `B x layers x 2` copies of one block of one layer's K (or V). The host issues them one
+after another, each costing `memcpy_issue_s`; the copy engine moves each in bytes / bandwidth once
+issued; the last lands the link's latency after it left. With copies of equal size that is
+`latency + issue + wire + (copies - 1) x max(issue, wire)`: the per-call issue cost, not the link's
+bandwidth, sets the rate when blocks are small (a LLaMA-3-8B copy is 32 KiB: 0.08 us on NVLink-C2C,
+1.3 us on PCIe 4.0, against 2.3 us to issue). The link's latency (an assumption of 5-10 us per
+isolated copy in the presets) is paid once per swap, not per copy: per copy it would contradict
+the 2.3 us per call measured end to end for such loops (taco-project/FlexKV PR #193).
 """
 
 from __future__ import annotations
@@ -72,6 +88,20 @@ class IterationCost:
         """One transformer layer of the iteration: attention block then FFN block."""
         return self.attention_s(seqs) + self.ffn_s(sum(n for n, _ in seqs))
 
-    def kv_copy_s(self, nbytes: int, direction: Stream) -> float:
-        """One swap copy of a request's KV blocks (pinned host buffers, as vLLM allocates them)."""
-        return link_time_s(self.hardware.link, nbytes, direction, pinned=True)
+    def kv_swap_s(self, copies: int, copy_bytes: int, direction: Stream, issue_s: float) -> float:
+        """`copies` back-to-back cudaMemcpyAsync calls of `copy_bytes` each, pinned host memory.
+
+        The copy engine runs copy k from max(issued_k, end of copy k-1); the host issues one per
+        `issue_s`. The first copy's `link_time_s` carries the link's latency once.
+        """
+        if copies == 0:
+            return 0.0
+        first_s = issue_s + link_time_s(self.hardware.link, copy_bytes, direction, pinned=True)
+        wire_s = link_time_s(self.hardware.link, copy_bytes, direction, pinned=True) - self.hardware.link.latency_s
+        return first_s + (copies - 1) * max(issue_s, wire_s)
+
+
+def kv_swap_copies(blocks: int, model: ModelSpec, block_tokens: int) -> tuple[int, int]:
+    """(cudaMemcpyAsync calls, bytes per call) of swapping `blocks` KV blocks, as vLLM issues them:
+    one call per block, per layer, for K and for V separately."""
+    return blocks * model.layers * 2, block_tokens * model.kv_bytes_per_token // 2

@@ -9,6 +9,11 @@ Trace format (CSV, one request per row, header required, rows in any order)::
 `arrival_s` is seconds from the start (>= 0), `prompt_len` the prompt's tokens (> 0),
 `output_len` the tokens to generate (> 0; the first comes from the prefill).
 
+`bursts: {on_s, period_s, offset_s}` makes a drawn workload bursty: requests arrive only in
+windows of `on_s` seconds every `period_s`, the first opening at `offset_s`; within a window they
+come at `rate_rps` (the Poisson process runs on the windows' time, laid end to end). Tenants
+given the same period and staggered offsets take turns.
+
 Generation is seeded: arrivals and each length come from their own child stream of one
 `numpy.random.SeedSequence(seed)`, so sweeping the rate keeps the same lengths and the same
 arrival pattern, only compressed in time.
@@ -82,14 +87,35 @@ class LengthDist(Spec):
         return np.clip(np.rint(x), self.min, self.max).astype(np.int64)
 
 
+class Bursts(Spec):
+    """On/off arrivals: open for `on_s` of every `period_s` seconds, the first window at `offset_s`."""
+
+    on_s: float = Field(gt=0)
+    period_s: float = Field(gt=0)
+    offset_s: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> Bursts:
+        if self.on_s > self.period_s:
+            raise ValueError(f"on_s ({self.on_s:g}) exceeds period_s ({self.period_s:g})")
+        return self
+
+    def wall_time_s(self, on_time_s: np.ndarray) -> np.ndarray:
+        """Map time counted over the open windows only to time since the start."""
+        window = np.floor(on_time_s / self.on_s)
+        return self.offset_s + window * self.period_s + (on_time_s - window * self.on_s)
+
+
 class ServingWorkload(Spec):
-    """Poisson arrivals at `rate_rps` of `requests` requests, or the rows of a `trace` CSV."""
+    """Poisson arrivals at `rate_rps` of `requests` requests (optionally in `bursts`), or the rows of
+    a `trace` CSV."""
 
     requests: int | None = Field(default=None, gt=0)
     rate_rps: float | None = Field(default=None, gt=0, description="mean arrivals per second")
     prompt_len: LengthDist | None = None
     output_len: LengthDist | None = None
     seed: int = 0
+    bursts: Bursts | None = None
     trace: str | None = Field(default=None, description="CSV path (relative to the scenario file)")
 
     @field_validator("trace")
@@ -104,7 +130,7 @@ class ServingWorkload(Spec):
         synthetic = {"requests": self.requests, "rate_rps": self.rate_rps, "prompt_len": self.prompt_len,
                      "output_len": self.output_len}
         if self.trace is not None:
-            given = [k for k, v in synthetic.items() if v is not None]
+            given = [k for k, v in {**synthetic, "bursts": self.bursts}.items() if v is not None]
             if given:
                 raise ValueError(f"a trace workload takes no {', '.join(given)} (the trace holds them)")
             return self
@@ -114,10 +140,13 @@ class ServingWorkload(Spec):
         return self
 
 
-def poisson_requests(n: int, rate_rps: float, prompt: LengthDist, output: LengthDist, seed: int) -> list[Request]:
+def poisson_requests(n: int, rate_rps: float, prompt: LengthDist, output: LengthDist, seed: int,
+                     bursts: Bursts | None = None) -> list[Request]:
     arrivals_ss, prompt_ss, output_ss = np.random.SeedSequence(seed).spawn(3)
     gaps_s = np.random.default_rng(arrivals_ss).exponential(1.0, size=n) / rate_rps
-    arrival_s = np.cumsum(gaps_s) - gaps_s[0]  # the first request arrives at 0
+    arrival_s = np.cumsum(gaps_s) - gaps_s[0]  # the first request arrives at 0 (of the open time)
+    if bursts is not None:
+        arrival_s = bursts.wall_time_s(arrival_s)
     prompts = prompt.draw(np.random.default_rng(prompt_ss), n)
     outputs = output.draw(np.random.default_rng(output_ss), n)
     return [Request(i, float(arrival_s[i]), int(prompts[i]), int(outputs[i])) for i in range(n)]
@@ -178,4 +207,4 @@ def workload_requests(workload: ServingWorkload, base_dir: Path | None = None) -
             path = base_dir / path
         return read_trace(path)
     return poisson_requests(workload.requests, workload.rate_rps, workload.prompt_len, workload.output_len,
-                            workload.seed)
+                            workload.seed, workload.bursts)
