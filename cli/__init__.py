@@ -27,6 +27,7 @@ class _Commands(Group):
         "report": "hssim.cli.report:report",
         "run": "hssim.cli.run:run",
         "schedule": "hssim.cli.run:schedule",
+        "sensitivity": "hssim.cli.sensitivity:sensitivity",
         "serve": "hssim.cli.serve:serve",
         "sweep": "hssim.cli.sweep:sweep",
         "validate": "hssim.cli.validate:validate",

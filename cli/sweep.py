@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from pathlib import Path
 
 import click
+import numpy as np
 
 from ..errors import UserError, require_distributed
 from ..sim.api import point_key
@@ -28,8 +30,10 @@ from .common import MAX_OPS, Command, check_cluster, check_op_counts, check_outp
               help="refuse scenario files that expand to more points than this")
 @click.option("--max-ops", type=click.IntRange(min=1), default=MAX_OPS, show_default=True,
               help="refuse points whose schedule would have more ops than this (each takes memory and time)")
+@click.option("--sensitivity", "with_sensitivity", is_flag=True,
+              help="also analyse how sure each point's winner is (OUT/sensitivity/; adds `robust` to the ranking)")
 def sweep(files: tuple[str, ...], out_dir: str, jobs: int | None, cluster: str | None, fresh: bool,
-          no_report: bool, dry_run: bool, max_points: int, max_ops: int) -> None:
+          no_report: bool, dry_run: bool, max_points: int, max_ops: int, with_sensitivity: bool) -> None:
     """Run every point of the scenario FILES; write results and rank policies per point.
 
     Resumable: rerun the same command after an interruption and finished points are kept.
@@ -68,6 +72,8 @@ def sweep(files: tuple[str, ...], out_dir: str, jobs: int | None, cluster: str |
         others = len(df) - len({p for p in map(point_key, points)})
         parquet, csv = write_results(df, out)
         ranked = best_per_point(df)
+        if with_sensitivity:
+            ranked = _with_sensitivity(files, ranked, out / "sensitivity", console)
         write_table(ranked, out / "ranking.csv")
         _print_ranking(ranked)
         counts = df["status"].value_counts().to_dict() if len(df) else {}
@@ -88,6 +94,29 @@ def sweep(files: tuple[str, ...], out_dir: str, jobs: int | None, cluster: str |
 
 #: what a sweep writes into its --out folder
 SWEEP_FILES = ("results.parquet", "results.csv", "ranking.csv", "points.jsonl")
+
+
+def _with_sensitivity(files, ranked, out: Path, console):
+    """Analyse every workload point of `files`, write OUT/sensitivity/, and add each point's `robust`,
+    `margin_pct` and `flipped_by` to the ranking's rows."""
+    import pandas as pd
+
+    from ..reports.sensitivity import summary_frame, write_sensitivity
+    from ..sim.scenario import load_points
+    from ..sim.sensitivity import DEFAULT_SAMPLES, DEFAULT_SEED, GROUP_KEYS, workload_groups
+    from .sensitivity import analyse, scenario_uncertainty
+
+    results = []
+    for f in files:
+        groups = workload_groups(load_points([f]))
+        results += analyse(groups, scenario_uncertainty(f), DEFAULT_SAMPLES, DEFAULT_SEED, console,
+                           label=f"sensitivity of {f}, ")[0]
+    if not results:
+        return ranked
+    write_sensitivity(results, out)
+    console.print(f"sensitivity: {len(results)} points -> {out} (read: {out / 'sensitivity.md'})")
+    summary = summary_frame(results)[[*GROUP_KEYS, "robust", "margin_pct", "flipped_by"]]
+    return pd.merge(ranked, summary, on=list(GROUP_KEYS), how="left")
 
 
 class SweepProgress:
@@ -239,6 +268,15 @@ def describe_points(points) -> str:
 RANK_COLUMNS = ("model", "hardware", "batch", "prompt", "gen", "winner", "tok/s", "speed-up", "runner-up")
 
 
+def _robust_cell(row) -> str:
+    r = row["robust"]
+    if not isinstance(r, (bool, np.bool_)):
+        return "-"  # no policy fits there: nothing was analysed
+    if r:
+        return "yes"
+    return f"no: {row['flipped_by']}" if row["flipped_by"] else "no: joint draws"
+
+
 def _print_ranking(ranked) -> None:
     """One table per scenario, narrow enough for a 100-column terminal (labels wrap, never cut)."""
     import pandas as pd
@@ -256,7 +294,8 @@ def _print_ranking(ranked) -> None:
         t = Table(title=f"Best policy per point of {scenario}" + (f" ({fixed})" if fixed else ""),
                   caption="best configuration of each kind; speed-up over the baseline named", title_justify="left",
                   pad_edge=False, padding=(0, 1))
-        for col in [*varied, *RANK_COLUMNS[5:]]:
+        robust = "robust" in rows.columns
+        for col in [*varied, *RANK_COLUMNS[5:], *(("robust",) if robust else ())]:
             right = col in ("batch", "prompt", "gen", "tok/s")
             t.add_column(col, overflow="fold", justify="right" if right else "left")
         for key, grp in rows.groupby([point_cols[c] for c in varied] or ["scenario"], sort=False):
@@ -268,7 +307,8 @@ def _print_ranking(ranked) -> None:
             t.add_row(*([str(k) for k in key] if varied else []), first["policy_label"],
                       f"{first['throughput_tok_s']:.2f}",
                       "-" if pd.isna(ratio) else f"{ratio:.2f}x over {first['baseline']}",
-                      "-" if second is None else f"{second['policy_label']} ({second['throughput_tok_s']:.2f})")
+                      "-" if second is None else f"{second['policy_label']} ({second['throughput_tok_s']:.2f})",
+                      *((_robust_cell(first),) if robust else ()))
         console.print(t)
 
 

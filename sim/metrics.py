@@ -81,6 +81,12 @@ def _summary(result: SimResult, compiled: bool = True) -> dict:
     }
 
 
+def throughput_tok_s(result: SimResult) -> float:
+    """Generated tokens / (prefill + decode time), FlexGen's definition."""
+    meta = result.schedule.meta
+    return meta.batch * meta.gen_len / result.makespan_s
+
+
 def run_metrics(result: SimResult) -> dict[str, float]:
     sched = result.schedule
     meta = sched.meta
@@ -101,7 +107,7 @@ def run_metrics(result: SimResult) -> dict[str, float]:
         "makespan_s": makespan_s,
         "prefill_s": prefill_s,
         "decode_s": decode_s,
-        "throughput_tok_s": generated / makespan_s,
+        "throughput_tok_s": throughput_tok_s(result),
         "decode_tok_s": decoded / decode_s if decoded and decode_s > 0 else math.nan,
         "token_latency_s": decode_s / (meta.gen_len - 1) if meta.gen_len > 1 else math.nan,
         "bound_s": bound_s,

@@ -14,6 +14,8 @@ policies, and may declare sweep axes whose cartesian product is run::
     sweep:
       workload.prompt_len: [256, 512, 1024]
       policy.kv_ratio: [0.0, 0.5, 1.0]   # applies to the policies that read kv_ratio
+    uncertainty:                         # optional, for `hssim sensitivity` (see sim/uncertainty.py)
+      link.h2d_pinned_Bps: [2.0e10, 2.6e10]
 
 Every problem is a `ScenarioError` naming the file, the field and the fix.
 """
@@ -41,9 +43,11 @@ from .specs import (
     PolicySpec,
     WorkloadSpec,
 )
+from .uncertainty import parse_uncertainty
 from .yamlsafe import load_yaml_file, one_line, short_repr
 
-TOP_KEYS = {"name", "description", "model", "hardware", "workload", "policies", "policy_defaults", "sweep"}
+TOP_KEYS = {"name", "description", "model", "hardware", "workload", "policies", "policy_defaults", "sweep",
+            "uncertainty"}
 REQUIRED = ("model", "hardware", "workload", "policies")
 
 
@@ -204,6 +208,7 @@ def points_from_mapping(data: Mapping, source: str, default_name: str,
         raise ScenarioError(source, "name", f"must be a short text, got {type(name).__name__}",
                             "write e.g. 'name: my-scenario'")
     name = one_line(str(name), 120)
+    parse_uncertainty(data.get("uncertainty"), source)  # checked here, used by `hssim sensitivity`
     sweep = data.get("sweep") or {}
     if not isinstance(sweep, Mapping):
         raise ScenarioError(source, "sweep", "must be a mapping of axis: [values]",

@@ -215,6 +215,8 @@ class CPUSpec(Spec):
     dram_type: str = Field(default="DDR4", description="e.g. DDR4-3200")
     dram_channels_per_socket: Int = Field(default=2, gt=0, le=64)
     dram_MTps: Real = Field(default=3200, ge=100, le=100_000, description="DRAM transfer rate, mega-transfers/s")
+    attention_speed: Real = Field(default=1.0, ge=0.01, le=100, description="speed of FlexGen's CPU attention code "
+                                  "per thread relative to this project's micro-benchmark of it (1: as measured)")
     flops: Real | None = Field(default=None, ge=MIN_FLOPS, le=MAX_FLOPS, description="achieved FLOP/s of attention "
                                "on the CPU, when a calibrated profile fixes it")
 

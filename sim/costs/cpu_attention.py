@@ -91,4 +91,5 @@ def flexgen_cpu_attention_s(hw: HardwareSpec, batch: int, heads: int, head_dim: 
     """FlexGen's CPU attention on `hw`'s host: every step, one after the other (each is one
     blocking PyTorch call on the host thread)."""
     steps = flexgen_cpu_attention_steps(batch, heads, head_dim, context, kv_heads)
-    return sum(step_time_s(st, hw.cpu.cores, hw.host.memory_Bps) for st in steps)
+    # `attention_speed` scales the measured per-thread rates (the sensitivity analysis varies it)
+    return sum(step_time_s(st, hw.cpu.cores * hw.cpu.attention_speed, hw.host.memory_Bps) for st in steps)

@@ -8,7 +8,7 @@
 """
 
 from .block import build_schedule
-from .registry import scheme_for
+from .registry import reads_hardware_rates, scheme_for
 from .schemes import CacheScheme
 
-__all__ = ["CacheScheme", "build_schedule", "scheme_for"]
+__all__ = ["CacheScheme", "build_schedule", "reads_hardware_rates", "scheme_for"]

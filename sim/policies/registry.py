@@ -28,6 +28,12 @@ def scheme_for(policy: PolicySpec, point: PointSpec | None = None) -> CacheSchem
     raise ValueError(f"no cache scheme for policy kind {policy.kind.value!r}")
 
 
+def reads_hardware_rates(policy: PolicySpec) -> bool:
+    """Whether the schedule of `policy` depends on the box's rates (bandwidths, FLOP/s), not
+    only on its capacities: kvpr picks its split from them unless `split_tokens` fixes it."""
+    return policy.kind is PolicyKind.kvpr and policy.split_tokens is None
+
+
 def _need(point: PointSpec | None, policy: PolicySpec) -> PointSpec:
     if point is None:
         raise ValueError(f"the {policy.kind.value} scheme depends on the point (hardware, batch, lengths)")
