@@ -188,8 +188,8 @@ def test_cli_writes_tables_and_a_tornado_and_refuses_a_missing_point(tmp_path):
     text = (out / "sensitivity.md").read_text()
     assert "never within its range" in text and re.search(r"below (19\.9\d|20) GB/s: hybrid wins", text)
     # an assumed figure gets the wide x0.5..x2 range
-    m = re.search(r"\| host\.memory_Bps \| ([\d.]+) GB/s \| ([\d.]+) GB/s – ([\d.]+) GB/s \| assumption \(range guessed\) \|",
-                  text)
+    m = re.search(r"\| host\.memory_Bps \| ([\d.]+) GB/s \| ([\d.]+) GB/s – ([\d.]+) GB/s "
+                  r"\| assumption \(range guessed\) \|", text)
     assert m and float(m[2]) == pytest.approx(float(m[1]) / 2, rel=0.01) and float(m[3]) == pytest.approx(
         2 * float(m[1]), rel=0.01)
     bad = CliRunner().invoke(main, ["sensitivity", str(src), "--point", "3", "--out", str(out)])
