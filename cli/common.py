@@ -42,8 +42,8 @@ def _os_error(e: OSError) -> OneLineError:
                         "and the free space")
 
 
-class Command(click.Command):
-    """A command whose `UserError`s (and click's usage errors) print as one line with exit status 2."""
+class _OneLineErrors:
+    """Parsing and running that print `UserError`s and click's usage errors as one line, exit 2."""
 
     def parse_args(self, ctx, args):
         try:
@@ -58,36 +58,22 @@ class Command(click.Command):
             return super().invoke(ctx)
         except UserError as e:
             raise OneLineError(str(e)) from None
+        except click.exceptions.NoArgsIsHelpError:
+            raise
         except click.UsageError as e:
             raise _usage_error(e) from None
         except OSError as e:
             raise _os_error(e) from None
 
 
-class Group(click.Group):
+class Command(_OneLineErrors, click.Command):
+    """A command whose `UserError`s (and click's usage errors) print as one line with exit status 2."""
+
+
+class Group(_OneLineErrors, click.Group):
     """A group whose commands (and its own callback) report errors as `Command` does."""
 
     command_class = Command
-
-    def parse_args(self, ctx, args):
-        try:
-            return super().parse_args(ctx, args)
-        except click.exceptions.NoArgsIsHelpError:
-            raise
-        except click.UsageError as e:
-            raise _usage_error(e) from None
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except UserError as e:
-            raise OneLineError(str(e)) from None
-        except click.exceptions.NoArgsIsHelpError:
-            raise
-        except click.UsageError as e:
-            raise _usage_error(e) from None
-        except OSError as e:
-            raise _os_error(e) from None
 
 
 Group.group_class = Group
