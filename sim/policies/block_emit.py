@@ -68,6 +68,30 @@ def _put(buf, pos, vals, m):
 
 
 @jit
+def _sync_barrier(pay, pay_stream, since, nid, n_streams, last, barrier, nb):
+    """A full barrier over ops [since, nid): the last op of each stream among them, sorted, into
+    `barrier`; returns how many (or `nb` unchanged when no op was issued since the last one)."""
+    found = 0
+    for s in range(n_streams):
+        last[s] = -1
+    op = nid - 1
+    while op >= since and found < n_streams:
+        s = pay_stream[pay[op]]
+        if last[s] < 0:
+            last[s] = op
+            found += 1
+        op -= 1
+    if found:
+        nb = 0
+        for s in range(n_streams):
+            if last[s] >= 0:
+                barrier[nb] = last[s]
+                nb += 1
+        barrier[:nb].sort()
+    return nb
+
+
+@jit
 def emit_block(n_steps, L, k, barrier_on, rebuild_after_kv, w_pay, lt_of, lt_ptr, lt_pay, lt_tok, lt_off,
                ct_of, ct, st_of, st_has, st_ptr, st_pay, pay_stream, n_streams, n_ops):
     """(payload, layer, step, micro-batch, deps_ptr, deps_idx, after_ptr, after_idx) of every
@@ -114,23 +138,7 @@ def emit_block(n_steps, L, k, barrier_on, rebuild_after_kv, w_pay, lt_of, lt_ptr
     # weight_load(0) and load(0)
     for i in range(-1, n_items):
         if i >= 0 and barrier_on:  # FlexGen: sync() ends every (layer, GPU batch) step
-            found = 0
-            for s in range(n_streams):
-                last[s] = -1
-            op = nid - 1
-            while op >= since and found < n_streams:
-                s = pay_stream[pay[op]]
-                if last[s] < 0:
-                    last[s] = op
-                    found += 1
-                op -= 1
-            if found:
-                nb = 0
-                for s in range(n_streams):
-                    if last[s] >= 0:
-                        barrier[nb] = last[s]
-                        nb += 1
-                barrier[:nb].sort()
+            nb = _sync_barrier(pay, pay_stream, since, nid, n_streams, last, barrier, nb)
             since = nid
         if i >= 0:
             t = i // per_step
@@ -321,23 +329,7 @@ def emit_block(n_steps, L, k, barrier_on, rebuild_after_kv, w_pay, lt_of, lt_ptr
             tail[i] = nid - 1
     # ---------------------------------------------------------------- store(last item), after the final sync
     if barrier_on:
-        found = 0
-        for s in range(n_streams):
-            last[s] = -1
-        op = nid - 1
-        while op >= since and found < n_streams:
-            s = pay_stream[pay[op]]
-            if last[s] < 0:
-                last[s] = op
-                found += 1
-            op -= 1
-        if found:
-            nb = 0
-            for s in range(n_streams):
-                if last[s] >= 0:
-                    barrier[nb] = last[s]
-                    nb += 1
-            barrier[:nb].sort()
+        nb = _sync_barrier(pay, pay_stream, since, nid, n_streams, last, barrier, nb)
     tpl = st_of[n_steps - 1, k - 1]
     if st_has[tpl]:
         for q in range(st_ptr[tpl], st_ptr[tpl + 1]):
