@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 def memory_occupancy(result: SimResult) -> pd.DataFrame:
     """GPU and host bytes in use over time (columns time_s, gpu_bytes, host_bytes).
 
-    An op's output buffer lives from its start until its last data consumer ends;
-    its workspace lives while it runs; host memory grows as stores complete.
+    An op's output buffer lives from its start until its last data consumer ends (or
+    starts, for a consumer that overwrites it in place: `schedule.IN_PLACE_KINDS`); its
+    workspace lives while it runs; host memory grows as stores complete.
     `peak_memory_bytes` gives the two maxima without the table.
     """
     import pandas as pd
@@ -32,7 +33,7 @@ def memory_occupancy(result: SimResult) -> pd.DataFrame:
     start, end = result.start_ns, result.end_ns
     src, dst = sched.data_edges
     last_use = end.copy()
-    np.maximum.at(last_use, src, end[dst])
+    np.maximum.at(last_use, src, np.where(sched.in_place_edges(), start[dst], end[dst]))
     gpu = sched.column("gpu_bytes")
     ws = sched.column("workspace_bytes")
     host = sched.column("host_alloc_bytes")
@@ -70,7 +71,8 @@ def _summary(result: SimResult, compiled: bool = True) -> dict:
     busy, link, prefill_compute, prefill_any, rise = kernel(
         sched.stream_code, result.duration_ns, result.start_ns, result.end_ns, sched.step_col, sched.payload_index,
         per(PAYLOAD_FIELDS.index("gpu_bytes")), per(PAYLOAD_FIELDS.index("workspace_bytes")),
-        per(PAYLOAD_FIELDS.index("link_bytes")), sched.deps_ptr, sched.deps_idx, len(Stream))
+        per(PAYLOAD_FIELDS.index("link_bytes")), sched.in_place_code, sched.deps_ptr, sched.deps_idx,
+        len(Stream))
     host = per(PAYLOAD_FIELDS.index("host_alloc_bytes"))
     assert host.min(initial=0) >= 0, "a negative host allocation"
     uses = np.bincount(sched.payload_index, minlength=len(host))

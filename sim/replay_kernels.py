@@ -52,14 +52,15 @@ def list_replay_kernel(stream, dur, deps_ptr, deps_idx, after_ptr, after_idx, n_
 
 
 @jit
-def metrics_kernel(stream, dur, start, end, step, payload, pay_gpu, pay_ws, pay_link, deps_ptr, deps_idx,
-                   n_streams):
+def metrics_kernel(stream, dur, start, end, step, payload, pay_gpu, pay_ws, pay_link, pay_in_place, deps_ptr,
+                   deps_idx, n_streams):
     """One pass over a replayed schedule for `metrics.run_metrics`: (busy ns per stream, link
     bytes per stream, end of the last step-0 compute op (-1: none), end of the last step-0
     op, the peak rise of GPU memory in use above the static bytes).
 
     GPU memory as `metrics.memory_occupancy` counts it: an op's output lives from its start
-    until its last data consumer ends, its workspace while it runs, and what is freed and
+    until its last data consumer ends (or starts, where the consumer overwrites it in place:
+    both payloads have the same non-zero `pay_in_place` code), its workspace while it runs, and what is freed and
     allocated at one instant counts as one change. Every change happens at an op's start
     (allocations) or end (frees), and on each stream starts and ends both grow in op order,
     so walking the streams' queues side by side visits the instants in time order, with no
@@ -72,7 +73,8 @@ def metrics_kernel(stream, dur, start, end, step, payload, pay_gpu, pay_ws, pay_
     prefill_compute = -1
     prefill_any = -1
     last_use = end.copy()
-    freed_by = np.arange(n)  # the op whose end frees each op's output
+    freed_by = np.arange(n)  # the op whose end (or start, where freed_at_start) frees each op's output
+    freed_at_start = np.zeros(n, np.bool_)
     for i in range(n):
         s = stream[i]
         busy[s] += dur[i]
@@ -84,18 +86,26 @@ def metrics_kernel(stream, dur, start, end, step, payload, pay_gpu, pay_ws, pay_
                 prefill_any = e
             if s == 0 and e > prefill_compute:
                 prefill_compute = e
+        code = pay_in_place[payload[i]]
         for p in range(deps_ptr[i], deps_ptr[i + 1]):
             src = deps_idx[p]
-            if e > last_use[src]:
-                last_use[src] = e
+            in_place = code != 0 and pay_in_place[payload[src]] == code
+            use = start[i] if in_place else e
+            if use > last_use[src]:
+                last_use[src] = use
                 freed_by[src] = i
+                freed_at_start[src] = in_place
     alloc = np.empty(n, np.int64)
     free = np.zeros(n, np.int64)
+    free_on_start = np.zeros(n, np.int64)  # freed when the op starts, before it allocates
     for i in range(n):
         ws = pay_ws[payload[i]]
         alloc[i] = pay_gpu[payload[i]] + ws
         free[i] += ws
-        free[freed_by[i]] += pay_gpu[payload[i]]
+        if freed_at_start[i]:
+            free_on_start[freed_by[i]] += pay_gpu[payload[i]]
+        else:
+            free[freed_by[i]] += pay_gpu[payload[i]]
     # each stream's ops, in op order
     for s in range(n_streams):
         count[s + 1] += count[s]
@@ -127,7 +137,7 @@ def metrics_kernel(stream, dur, start, end, step, payload, pay_gpu, pay_ws, pay_
                 next_end[s] += 1
         for s in range(n_streams):
             while next_start[s] < count[s + 1] and start[queue[next_start[s]]] == t:
-                level += alloc[queue[next_start[s]]]
+                level += alloc[queue[next_start[s]]] - free_on_start[queue[next_start[s]]]
                 next_start[s] += 1
         if level > peak:
             peak = level

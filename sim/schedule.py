@@ -4,7 +4,8 @@ A `Schedule` is a DAG of `Op`s. Each op runs on one stream; ops of one stream ru
 list order (like work queued on a CUDA stream); `deps` are data dependencies (the
 op consumes their output) and `after` are ordering-only dependencies (a buffer may
 be overwritten, a barrier). Both executors honour both; memory accounting uses
-only `deps` to decide when a buffer dies.
+only `deps` to decide when a buffer dies: at the end of its last consumer, or at the
+start of a consumer that overwrites it in place (`IN_PLACE_KINDS`).
 
 Policies build schedules; they never run them. Everything here is plain data.
 """
@@ -58,6 +59,11 @@ LINK_KINDS = frozenset(
         OpKind.load_attn_out, OpKind.store_kv, OpKind.store_act, OpKind.store_qkv,
     }
 )
+
+#: kinds whose output overwrites, in place, the output of a producer of the same kind that
+#: they read: a token-recompute re-run writes the prefix's hidden state over its input
+#: (hw/runner.py `_recompute_layer`, `prefix.copy_(y)`), so the input is dead once it starts
+IN_PLACE_KINDS = frozenset({OpKind.recompute_layer})
 
 #: the stream every kind runs on
 KIND_STREAM: dict[OpKind, Stream] = {
@@ -303,6 +309,22 @@ class Schedule:
         """Field `field` of every distinct payload (`PAYLOAD_FIELDS` order), mapped by `of`."""
         values = (p[field] for p in self.payloads) if of is None else (of(p[field]) for p in self.payloads)
         return np.fromiter(values, dtype=dtype, count=len(self.payloads))
+
+    @cached_property
+    def in_place_code(self) -> np.ndarray:
+        """Per payload: 0, or 1 + the index of its kind in `OpKind` when the kind is in
+        `IN_PLACE_KINDS`. A data edge overwrites its producer's output in place when both
+        ends have the same non-zero code."""
+        kinds = tuple(OpKind)
+        return self.payload_column(PAYLOAD_FIELDS.index("kind"),
+                                   of=lambda k: kinds.index(k) + 1 if k in IN_PLACE_KINDS else 0)
+
+    def in_place_edges(self) -> np.ndarray:
+        """Per data edge (`data_edges` order): whether the consumer overwrites the producer's
+        output in place, so the producer's output dies when the consumer starts."""
+        src, dst = self.data_edges
+        code = self.in_place_code[self.payload_index]
+        return (code[src] == code[dst]) & (code[src] != 0)
 
     @cached_property
     def data_edges(self) -> tuple[np.ndarray, np.ndarray]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from conftest import make_point, small_points, tiny_model
 from hypothesis import given, settings
 
 from hssim.sim.api import run_point
 from hssim.sim.costs import RooflineCostModel, durations_ns
 from hssim.sim.engine import critical_path_ns, replay, simulate
-from hssim.sim.metrics import memory_occupancy
+from hssim.sim.metrics import memory_occupancy, peak_memory_bytes
 from hssim.sim.policies import build_schedule
 from hssim.sim.schedule import Stream
 
@@ -72,6 +73,23 @@ def test_simulated_memory_never_exceeds_the_plan(point):
     # the host cache only grows, and ends exactly where the plan says
     assert occ["host_bytes"].is_monotonic_increasing
     assert occ["host_bytes"].iloc[-1] == sched.memory.host_bytes
+
+
+@pytest.mark.parametrize("kv_heads", [1, 4])
+@pytest.mark.parametrize("k", [1, 3])
+def test_token_recompute_memory_stays_in_the_plan_when_hidden_rows_outweigh_kv(kv_heads, k):
+    """A re-run layer writes the prefix's hidden state over its input; on a GQA model a
+    hidden row outweighs a K,V row, so counting input and output both live overshoots the
+    one prefix buffer the executor has."""
+    model = tiny_model(layers=3, kv_heads=kv_heads)
+    for prompt_len in (1, 2, 9):
+        point = make_point(model, batch=k, prompt_len=prompt_len, gen_len=5, kind="token-recompute",
+                           kv_ratio=0.0, num_gpu_batches=k, gpu_batch_size=1)
+        sched = build_schedule(point)
+        res = simulate(sched, RooflineCostModel(point.hardware))
+        occ = memory_occupancy(res)
+        assert occ["gpu_bytes"].max() <= sched.memory.gpu_bytes
+        assert peak_memory_bytes(res)[0] == occ["gpu_bytes"].max()
 
 
 @FAST
