@@ -299,12 +299,12 @@ def trace_options(fn):
 
 def trace_selection(trace: str | None, steps: str | None, layers: str | None) -> dict:
     """Check the trace options before anything runs; the `steps`/`layers` keywords of the trace writers."""
-    from ..sim.trace import check_trace_path, parse_selection
-
     if trace is None:
         if steps is not None or layers is not None:
             raise UserError("--trace-steps/--trace-layers filter a trace; fix: add --trace FILE.json")
         return {}
+    from ..sim.trace import check_trace_path, parse_selection
+
     check_output(trace, "--trace")
     check_trace_path(trace)
     return {"steps": parse_selection(steps, "--trace-steps"), "layers": parse_selection(layers, "--trace-layers")}

@@ -7,9 +7,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from .costs import CostModel, RooflineCostModel
@@ -18,6 +16,9 @@ from .metrics import run_metrics
 from .policies import build_schedule
 from .schedule import Schedule
 from .specs import POLICY_PARAMS, PointSpec, PolicyKind
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: the columns that identify a point in a results table, in order
 POINT_COLUMNS = [
@@ -188,6 +189,8 @@ def result_row(point: PointSpec, metrics: dict[str, float] | None, error: str | 
 def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Results rows as a typed table: nullable integers for counts and bytes, nullable booleans,
     null (not '') for a missing error."""
+    import pandas as pd
+
     df = pd.DataFrame(rows)
     for col in INT_COLUMNS:
         if col in df.columns:

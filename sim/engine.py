@@ -93,13 +93,14 @@ def simulate(schedule: Schedule, cost: CostModel, unlimited: bool = False, engin
     return replay(schedule, dur, unlimited=unlimited)
 
 
-def list_replay(schedule: Schedule, dur: np.ndarray, compiled: bool = True) -> SimResult:
+def list_replay(schedule: Schedule, dur: np.ndarray, compiled: bool | None = None) -> SimResult:
     """The SimPy model's timeline, computed directly (see the module docstring); the
     critical path (`critical_path_ns`) comes out of the same pass. compiled=False runs the
-    kernel as plain Python (the fallback where numba is missing), for the tests."""
+    kernel as plain Python (the fallback where numba is missing), True compiled, None as
+    `sim.compiled.Kernel.auto` decides."""
     from .replay_kernels import list_replay_kernel
 
-    kernel = list_replay_kernel if compiled else list_replay_kernel.py_func
+    kernel = list_replay_kernel.pick(compiled, len(schedule))
     dur = np.ascontiguousarray(dur, dtype=np.int64)
     end_ns, crit = kernel(schedule.stream_code, dur, schedule.deps_ptr, schedule.deps_idx, schedule.after_ptr,
                           schedule.after_idx, len(Stream))

@@ -53,7 +53,7 @@ def memory_occupancy(result: SimResult) -> pd.DataFrame:
     })
 
 
-def peak_memory_bytes(result: SimResult, compiled: bool = True) -> tuple[int, int]:
+def peak_memory_bytes(result: SimResult, compiled: bool | None = None) -> tuple[int, int]:
     """(peak GPU bytes, peak host bytes) in use: the maxima of `memory_occupancy`, from the
     arrays with no table (`replay_kernels.metrics_kernel`; compiled=False runs it as plain
     Python). Host memory only grows (stores keep their bytes for good), so its peak is what
@@ -61,12 +61,12 @@ def peak_memory_bytes(result: SimResult, compiled: bool = True) -> tuple[int, in
     return _summary(result, compiled)["peak"]
 
 
-def _summary(result: SimResult, compiled: bool = True) -> dict:
+def _summary(result: SimResult, compiled: bool | None = None) -> dict:
     """What `run_metrics` reads of a replay, in one kernel pass."""
     from .replay_kernels import metrics_kernel
 
     sched = result.schedule
-    kernel = metrics_kernel if compiled else metrics_kernel.py_func
+    kernel = metrics_kernel.pick(compiled, len(sched))
     per = sched.payload_column
     busy, link, prefill_compute, prefill_any, rise = kernel(
         sched.stream_code, result.duration_ns, result.start_ns, result.end_ns, sched.step_col, sched.payload_index,

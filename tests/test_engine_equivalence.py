@@ -33,7 +33,7 @@ def assert_same_arrays(a: Schedule, b: Schedule) -> None:
 
 
 def assert_same_timeline(point):
-    sched = build_schedule(point, check_memory=False)
+    sched = build_schedule(point, check_memory=False, compiled=True)
     py = build_schedule(point, check_memory=False, compiled=False)
     assert_same_arrays(sched, py)
     assert py == sched
@@ -41,13 +41,13 @@ def assert_same_timeline(point):
     assert_same_arrays(Schedule(sched.meta, sched.ops, sched.memory, sched.gpu_static_bytes,
                                 sched.host_static_bytes), sched)
     dur = durations_ns(sched, RooflineCostModel(point.hardware))
-    a, b, c = replay(sched, dur), list_replay(sched, dur), list_replay(sched, dur, compiled=False)
+    a, b, c = replay(sched, dur), list_replay(sched, dur, compiled=True), list_replay(sched, dur, compiled=False)
     for r in (b, c):
         assert np.array_equal(a.start_ns, r.start_ns) and np.array_equal(a.end_ns, r.end_ns)
     assert b.critical_ns == c.critical_ns == replay(sched, dur, unlimited=True).makespan_ns
     occ = memory_occupancy(b)
     peak = (int(occ["gpu_bytes"].max()), int(occ["host_bytes"].max()))
-    assert peak_memory_bytes(b) == peak_memory_bytes(b, compiled=False) == peak
+    assert peak_memory_bytes(b, compiled=True) == peak_memory_bytes(b, compiled=False) == peak
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
@@ -78,13 +78,36 @@ def test_without_numba_the_kernels_run_as_plain_python():
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from conftest import make_point\n"
         "p = make_point('opt-1.3b', layers=2, gen_len=3, kind='hybrid', kv_ratio=0.5, num_gpu_batches=2)\n"
-        "print(json.dumps([compiled.COMPILED, 'numba' in sys.modules, run_point(p).metrics]))\n"
+        "metrics = run_point(p).metrics\n"
+        "print(json.dumps([compiled.COMPILED, 'numba' in sys.modules, metrics]))\n"
     )
     out = {}
     for flag in ("1", "0"):
-        env = {**os.environ, "HSSIM_NO_NUMBA": flag}
+        # no Python-first allowance: with numba, the first kernel call compiles
+        env = {**os.environ, "HSSIM_NO_NUMBA": flag, "HSSIM_PY_OPS_BEFORE_COMPILING": "0"}
         res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, res.stderr[-2000:]
         out[flag] = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["1"][:2] == [False, False] and out["0"][:2] == [True, True]
     assert out["1"][2] == out["0"][2]
+
+
+def test_a_small_run_stays_in_python_and_a_big_one_compiles():
+    """The ski-rental rule of `sim.compiled`: a small point never loads numba; once the plain-Python
+    allowance is spent, the kernels run compiled, with the same metrics."""
+    code = (
+        "import json, sys\n"
+        "from hssim.sim.api import run_point\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from conftest import make_point\n"
+        "p = make_point('opt-1.3b', layers=2, gen_len=3, kind='hybrid', kv_ratio=0.5, num_gpu_batches=2)\n"
+        "first = run_point(p).metrics\n"
+        "loaded = 'numba' in sys.modules\n"
+        "for _ in range(6):\n"
+        "    again = run_point(p).metrics\n"
+        "print(json.dumps([loaded, 'numba' in sys.modules, first == again]))\n"
+    )
+    env = {**os.environ, "HSSIM_NO_NUMBA": "0", "HSSIM_PY_OPS_BEFORE_COMPILING": "1000"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == [False, True, True]

@@ -84,9 +84,10 @@ def effective_point(point: PointSpec) -> PointSpec:
     return point.model_copy(update={"policy": pol.model_copy(update={"weights_gpu_percent": real})})
 
 
-def build_schedule(point: PointSpec, check_memory: bool = True, compiled: bool = True) -> Schedule:
+def build_schedule(point: PointSpec, check_memory: bool = True, compiled: bool | None = None) -> Schedule:
     """The schedule of one point; raises `MemoryPlanError` if it does not fit.
-    compiled=False emits the ops with the plain-Python form of the kernel (for the tests)."""
+    compiled=False emits the ops with the plain-Python form of the kernel, True with the
+    compiled one, None as `sim.compiled.Kernel.auto` decides (same ops either way)."""
     run = effective_point(point)
     return _BlockBuilder(run, scheme_for(run.policy, run), block_options(run)).build(check_memory, compiled)
 
@@ -465,7 +466,7 @@ class _BlockBuilder:
                     + (ct_len[:, 0].sum() * (L - 1) + ct_len[:, 1].sum() if L > 1 else ct_len[:, 1].sum()))
         stream_code = {s: c for c, s in enumerate(Stream)}
         pay_stream = arr([stream_code[s] for s in self.payload_stream])
-        cols = (emit_block if compiled else emit_block.py_func)(
+        cols = emit_block.pick(compiled, n_ops)(
             n_steps, L, k, self.opts.step_barrier, self.opts.rebuild_after_kv, weights,
             lt_of, arr(lt_ptr), arr(lt_pay), arr(lt_tok, np.bool_), arr(lt_off).reshape(-1, 3),
             ct_of, ct, st_of, arr(st_has, np.bool_), arr(st_ptr), arr(st_pay), pay_stream, len(Stream), n_ops)
