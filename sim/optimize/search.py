@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ..api import run_point
 from ..memory import MemoryPlanError
 from ..outfiles import worker_setup
+from ..policies import surely_does_not_fit
 from ..specs import PointSpec
 
 #: called as (label, done, total) while a search runs
@@ -49,6 +50,8 @@ SETTINGS = SearchSettings()
 
 
 def evaluate(point: PointSpec) -> Candidate:
+    if surely_does_not_fit(point):  # rejected without walking its steps: same verdict, see its docstring
+        return Candidate(point, None)
     try:
         # the list replay gives the SimPy model's timeline exactly, several times faster
         return Candidate(point, run_point(point, engine="list").metrics["throughput_tok_s"])

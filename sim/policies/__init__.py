@@ -7,8 +7,8 @@
 - `block`: FlexGen's block schedule, built for any scheme.
 """
 
-from .block import build_schedule
+from .block import build_schedule, surely_does_not_fit
 from .registry import reads_hardware_rates, scheme_for
 from .schemes import CacheScheme
 
-__all__ = ["CacheScheme", "build_schedule", "reads_hardware_rates", "scheme_for"]
+__all__ = ["CacheScheme", "build_schedule", "reads_hardware_rates", "scheme_for", "surely_does_not_fit"]

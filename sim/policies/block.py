@@ -92,6 +92,26 @@ def build_schedule(point: PointSpec, check_memory: bool = True, compiled: bool |
     return _BlockBuilder(run, scheme_for(run.policy, run), block_options(run)).build(check_memory, compiled)
 
 
+def known_plan(point: PointSpec):
+    """The part of the memory plan known before any template is made (resident weights,
+    weight slots, the cache kept on the GPU, hidden states, new-K,V slots, token ids). Every
+    plan item only grows as the templates fill in the sizes, so it never exceeds the plan
+    `build_schedule` makes."""
+    run = effective_point(point)
+    scheme = scheme_for(run.policy, run)
+    streamed = _BlockBuilder(run, scheme, block_options(run)).weight_link_bytes
+    largest = {OpKind.load_weights: streamed} if streamed else {}
+    return plan_from_sizes(run, scheme, largest, 0, 0, ())[0]
+
+
+def surely_does_not_fit(point: PointSpec) -> bool:
+    """True when `known_plan` already exceeds a memory, so `build_schedule` would raise
+    `MemoryPlanError`; a search uses it to skip such a candidate without walking its steps
+    (False says nothing)."""
+    plan = known_plan(point)
+    return plan.gpu_bytes > plan.gpu_capacity_bytes or plan.host_bytes > plan.host_capacity_bytes
+
+
 class _BlockBuilder:
     """Builds the block schedule as columns.
 
