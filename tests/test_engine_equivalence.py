@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import small_points
+from conftest import make_point, small_points
 from hypothesis import given, settings
 
 from hssim.sim.costs import RooflineCostModel, durations_ns
@@ -61,6 +61,16 @@ def test_identical_on_the_bundled_scenarios(path):
             "workload": p.workload.model_copy(update={"gen_len": min(p.workload.gen_len, 4)}),
         })
         assert_same_timeline(small)
+
+
+@pytest.mark.parametrize("kind", ["flexgen", "kv-only", "hybrid"])
+def test_identical_with_many_gpu_batches(kind):
+    """Hundreds of GPU batches (FlexGen's LP picks 1x430 on OPT-175B): every weight load waits for
+    k tails, so the dependency buffers must be sized per op kind; the plain-Python form checks
+    every write against them."""
+    extra = {"cpu_attention": True} if kind == "flexgen" else {}
+    assert_same_timeline(make_point("opt-1.3b", layers=2, batch=64, gen_len=3, kind=kind, gpu_batch_size=1,
+                                    num_gpu_batches=64, **extra))
 
 
 @settings(max_examples=60, deadline=None)

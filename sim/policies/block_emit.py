@@ -103,14 +103,16 @@ def emit_block(n_steps, L, k, barrier_on, rebuild_after_kv, w_pay, lt_of, lt_ptr
     item = np.empty(n_ops, np.int64)  # the op's item, (step * L + layer) * k + micro-batch
     dptr = np.zeros(n_ops + 1, np.int64)
     aptr = np.zeros(n_ops + 1, np.int64)
-    # at most: deps, the stores of one item or 4; after, k tails (a weight load) or an item's
-    # stores, plus the barrier (one op per stream)
+    # at most: deps, the stores of one item or 4; after, k tails (a weight load, one per layer
+    # and step) or an item's stores (a compute op) or one attention (a cache load), plus the
+    # barrier (one op per stream). Sized per op kind: k x n_ops would not fit in memory with
+    # hundreds of GPU batches (FlexGen's LP picks 1x430 for OPT-175B).
     st_most = 0
     for q in range(st_ptr.shape[0] - 1):
         st_most = max(st_most, st_ptr[q + 1] - st_ptr[q])
     most = k + n_streams + st_most + 4
     didx = np.empty(n_ops * (st_most + 4), np.int64)
-    aidx = np.empty(n_ops * most, np.int64)
+    aidx = np.empty(n_ops * (st_most + 1 + n_streams) + n_layers * (k + n_streams), np.int64)
     nd = 0
     na = 0
     nid = 0  # the next op id
