@@ -47,16 +47,16 @@ class CPUStep:
 
 #: per-thread seconds per unit of each step (values for cast / new_token / mask / softmax,
 #: FLOPs for the two bmm's), measured at 1 thread by `benchmarks/bench_flexgen_cpu_attention.py`
-#: on an AMD EPYC (Zen 3) virtual core with PyTorch 2.13.0, the fastest of 15 calls on a shared machine
-#: (load average 18 on 2 cores: these are upper bounds on the undisturbed time; results and the
-#: 2-thread check: benchmarks/results/flexgen_cpu_attention.md)
+#: on an AMD EPYC virtual core (AVX-512) with PyTorch 2.13.0, the fastest of at least 15 calls on
+#: a quiet machine (load average 0.9 on 2 cores); the same run checks the 2-thread rule (-4.6%
+#: over its shapes): benchmarks/results/flexgen_cpu_attention.md
 PER_THREAD_S_PER_UNIT: dict[str, float] = {
-    "cast": 1.7e-09,
-    "new_token": 1.373e-10,
-    "bmm_qk": 1.029e-09,
-    "mask": 7.399e-10,
-    "softmax": 1.11e-09,
-    "bmm_av": 7.913e-10,
+    "cast": 2.208e-10,
+    "new_token": 9.365e-11,
+    "bmm_qk": 2.593e-10,
+    "mask": 6.535e-10,
+    "softmax": 6.437e-10,
+    "bmm_av": 2.104e-10,
 }
 
 

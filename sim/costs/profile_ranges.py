@@ -33,8 +33,11 @@ from .profile import Curve, GemmTable, HardwareProfile, LinearFit
 
 #: the least half-width of a calibrated figure: timer and run-to-run noise of a median of three rounds
 MIN_SPREAD = 0.02
-#: a curve's points from this fraction of its largest size up count as its plateau
-PLATEAU_FRACTION = 1 / 16
+#: a curve's points from this fraction of its largest size up count as its plateau: the two
+#: largest of a x4 size grid. At 1/16 the plateau reached into the last-level cache (a 33.5 MB
+#: device copy on a 32 MB L3 ran at 2.4x the DRAM rate of the 134 and 537 MB ones), so it measured
+#: the cache edge, not the scatter of one rate
+PLATEAU_FRACTION = 1 / 4
 
 
 def curve_spread(curve: Curve) -> float:
