@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from .. import __version__
 from .costs import CostModel, RooflineCostModel
 from .engine import SimResult, simulate
 from .metrics import run_metrics
 from .policies import build_schedule
-from .schedule import Schedule
+from .schedule import Schedule, Stream
 from .specs import POLICY_PARAMS, PointSpec, PolicyKind
 
 if TYPE_CHECKING:
@@ -94,6 +96,32 @@ def run_point(point: PointSpec, cost: CostModel | None = None, engine: str = "li
     else:
         result = simulate(schedule, cost or RooflineCostModel(point.hardware), engine=engine)
     return PointRun(point, schedule, result, run_metrics(result))
+
+
+def throughput_bound_tok_s(point: PointSpec, cost: CostModel | None = None) -> float | None:
+    """An upper bound on `run_point(point).metrics["throughput_tok_s"]`, from the busiest
+    stream's total work (ops on one stream run one at a time, so the makespan is at least
+    that), priced per payload with no op emitted or replayed. None where durations depend on
+    more than an op's payload (a calibrated profile's contention blend, or a `cost` without
+    `sizes_only`). Raises `MemoryPlanError` as `run_point` does."""
+    if cost is None:
+        if point.hardware.profile:
+            return None
+        cost = RooflineCostModel(point.hardware)
+    if not getattr(cost, "sizes_only", False):
+        return None
+    from .costs import payload_durations_ns
+    from .policies.block import payload_counts
+
+    payloads, counts = payload_counts(point)
+    stream_idx = {s: i for i, s in enumerate(Stream)}
+    streams = np.fromiter((stream_idx[p[0]] for p in payloads), dtype=np.int64, count=len(payloads))
+    busy_ns = np.zeros(len(Stream), dtype=np.int64)  # integers: exactly what the replay sums
+    np.add.at(busy_ns, streams, counts * payload_durations_ns(payloads, cost))
+    longest_ns = int(busy_ns.max(initial=0))
+    if longest_ns <= 0:
+        return None
+    return point.workload.batch * point.workload.gen_len / (longest_ns / 1e9)
 
 
 def scaled_point(point: PointSpec, layers: int | None) -> PointSpec:

@@ -17,7 +17,30 @@ GQA = tiny_model(layers=2, hidden=512, heads=8, kv_heads=1)
 
 def _no_worse(res):
     best = res.best.throughput_tok_s
-    assert all(c.throughput_tok_s <= best for c in res.feasible)
+    for c in res.feasible:
+        # a pruned candidate was skipped because its bound was below a throughput already found
+        assert (c.bound_tok_s < best) if c.pruned else (c.throughput_tok_s <= best)
+        if c.bound_tok_s is not None and not c.pruned:
+            assert c.throughput_tok_s <= c.bound_tok_s * (1 + 1e-12)  # a bound is never beaten
+
+
+def test_pruned_search_picks_what_simulating_every_candidate_picks():
+    from hssim.sim.optimize.flexgen_search import flexgen_candidates
+    from hssim.sim.optimize.search import best_of
+
+    for hw in ("rtx4090-pcie4", "t4-pcie3"):
+        cands = flexgen_candidates(make_point(M, kind="flexgen", hardware=hw, batch=8, prompt_len=64, gen_len=3),
+                                   weight_percents=(0.0, 50.0, 100.0), max_num_gpu_batches=4)
+        full, pruned = best_of(cands), best_of(cands, prune=True)
+        assert pruned.best.point == full.best.point
+        assert pruned.best.throughput_tok_s == full.best.throughput_tok_s
+        assert len(pruned.feasible) == len(full.feasible)
+        assert any(c.pruned for c in pruned.tried)
+        _no_worse(pruned)
+        sim = {c.point: c.throughput_tok_s for c in full.tried}
+        for c in pruned.tried:
+            if c.pruned:  # its simulated throughput really is below the winner's, under its bound
+                assert sim[c.point] <= c.bound_tok_s * (1 + 1e-12) and sim[c.point] < full.best.throughput_tok_s
 
 
 def test_flexgen_search_beats_every_configuration_it_tried():

@@ -1,15 +1,17 @@
-"""A search skips a candidate whose memory plan, as far as it is known before the step walk,
-already overflows: that partial plan must never exceed the full one."""
+"""What lets a search skip a candidate unsimulated: its memory plan as far as it is known before
+the step walk (never more than the full plan), and its throughput bound (never beaten)."""
 
 from __future__ import annotations
 
-from conftest import make_point
+import numpy as np
+from conftest import make_point, small_points
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hssim.errors import MemoryPlanError
+from hssim.sim.api import run_point, throughput_bound_tok_s
 from hssim.sim.policies import build_schedule, surely_does_not_fit
-from hssim.sim.policies.block import known_plan
+from hssim.sim.policies.block import known_plan, payload_counts
 
 
 @st.composite
@@ -45,3 +47,16 @@ def test_the_plan_known_before_the_walk_never_exceeds_the_full_plan(point):
             pass
         else:
             raise AssertionError("a candidate the search would skip fits")
+
+
+@settings(max_examples=60, deadline=None)
+@given(small_points(kinds=("kv-only", "token-recompute", "hybrid")))
+def test_payload_counts_and_the_throughput_bound_match_the_built_schedule(point):
+    """The counts the bound is priced from are the schedule's own, and no run beats the bound."""
+    sched = build_schedule(point)
+    payloads, counts = payload_counts(point)
+    assert payloads == list(sched.payloads)
+    assert np.array_equal(counts, np.bincount(sched.payload_index, minlength=len(payloads)))
+    bound = throughput_bound_tok_s(point)
+    got = run_point(point).metrics["throughput_tok_s"]
+    assert got <= bound * (1 + 1e-12)

@@ -12,7 +12,15 @@
 Measuring and fitting profiles lives in `hssim.validate`; pricing with one lives here.
 """
 
-from .roofline import CostModel, RooflineCostModel, cpu_time_s, durations_ns, gpu_time_s, link_time_s
+from .roofline import (
+    CostModel,
+    RooflineCostModel,
+    cpu_time_s,
+    durations_ns,
+    gpu_time_s,
+    link_time_s,
+    payload_durations_ns,
+)
 from .work import (
     TOKEN_ID_BYTES,
     Work,
@@ -30,5 +38,5 @@ from .work import (
 __all__ = [
     "TOKEN_ID_BYTES", "CostModel", "RooflineCostModel", "Work", "attended_pairs", "attention_work",
     "cpu_attention_work", "cpu_time_s", "durations_ns", "ffn_work", "gpu_time_s", "link_time_s", "lm_head_work",
-    "out_proj_work", "qkv_proj_work", "recompute_kv_work", "recompute_layer_work",
+    "out_proj_work", "payload_durations_ns", "qkv_proj_work", "recompute_kv_work", "recompute_layer_work",
 ]

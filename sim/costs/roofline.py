@@ -74,6 +74,16 @@ class RooflineCostModel:
         return link_time_s(hw.link, op.link_bytes, op.stream, op.pinned)
 
 
+def payload_durations_ns(payloads, cost: CostModel) -> np.ndarray:
+    """The duration in integer nanoseconds of one op of each payload (`schedule.PAYLOAD_FIELDS`
+    tuples), for a cost model with `sizes_only = True`."""
+    return np.fromiter(
+        (round(cost.duration_s(Op(0, p[0], p[1], 0, 0, 0, (), (), *p[2:])) * 1e9) for p in payloads),
+        dtype=np.int64,
+        count=len(payloads),
+    )
+
+
 def durations_ns(schedule: Schedule, cost: CostModel) -> np.ndarray:
     """Every op's duration in integer nanoseconds, indexed by op id.
 
@@ -82,12 +92,7 @@ def durations_ns(schedule: Schedule, cost: CostModel) -> np.ndarray:
     distinct payload is then priced once (a schedule has a few hundred), with exactly
     the same arithmetic."""
     if getattr(cost, "sizes_only", False):
-        per = np.fromiter(
-            (round(cost.duration_s(Op(0, p[0], p[1], 0, 0, 0, (), (), *p[2:])) * 1e9) for p in schedule.payloads),
-            dtype=np.int64,
-            count=len(schedule.payloads),
-        )
-        return per[schedule.payload_index]
+        return payload_durations_ns(schedule.payloads, cost)[schedule.payload_index]
     return np.fromiter(
         (round(cost.duration_s(op) * 1e9) for op in schedule.ops),
         dtype=np.int64,

@@ -25,4 +25,4 @@ def flexgen_candidates(point: PointSpec, weight_percents=WEIGHT_PERCENTS, cache_
 
 def search_flexgen(point: PointSpec, label: str = "flexgen search", **grid) -> SearchResult:
     """Best block shape and placement for `point`'s policy kind (flexgen or kv-only)."""
-    return best_of(flexgen_candidates(point, **grid), label)
+    return best_of(flexgen_candidates(point, **grid), label, prune=True)

@@ -50,7 +50,7 @@ def search_joint(point: PointSpec, weight_percents=WEIGHT_PERCENTS, ratios=RATIO
         kv = dict(kind="kv-only", gpu_batch_size=g, num_gpu_batches=k, weights_gpu_percent=w)
         space.append(_point(point, cpu_attention=True, **kv))
         space += [_point(point, cache_gpu_percent=c, **kv) for c in CACHE_PERCENTS]
-    joint = best_of(space, "joint search")
+    joint = best_of(space, "joint search", prune=True)
     pol = point.policy
     base = dict(gpu_batch_size=point.gpu_batch_size, num_gpu_batches=pol.num_gpu_batches,
                 weights_gpu_percent=pol.weights_gpu_percent)

@@ -7,12 +7,13 @@ callback; the result does not depend on the number of processes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-from ..api import run_point
+from ..api import run_point, throughput_bound_tok_s
 from ..memory import MemoryPlanError
 from ..outfiles import worker_setup
 from ..policies import surely_does_not_fit
@@ -25,7 +26,11 @@ ProgressHook = Callable[[str, int, int], None]
 @dataclass(frozen=True)
 class Candidate:
     point: PointSpec
-    throughput_tok_s: float | None  # None: does not fit in memory
+    throughput_tok_s: float | None  # None: does not fit in memory, or not simulated (`pruned`)
+    #: an upper bound on its throughput (`api.throughput_bound_tok_s`); None: not computed
+    bound_tok_s: float | None = None
+    #: fits, but was not simulated: its bound is below a throughput the search already had
+    pruned: bool = False
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,8 @@ class SearchResult:
 
     @property
     def feasible(self) -> tuple[Candidate, ...]:
-        return tuple(c for c in self.tried if c.throughput_tok_s is not None)
+        """The candidates that fit in memory (simulated or pruned)."""
+        return tuple(c for c in self.tried if c.throughput_tok_s is not None or c.pruned)
 
 
 @dataclass
@@ -59,27 +65,73 @@ def evaluate(point: PointSpec) -> Candidate:
         return Candidate(point, None)
 
 
-def _evaluate_all(points: list[PointSpec], label: str) -> list[Candidate]:
+#: a bound that could not be computed (`None`): the candidate is simulated first
+_UNBOUNDED = float("inf")
+
+
+def bound(point: PointSpec) -> Candidate:
+    """The candidate with its throughput bound and no simulation (None, None: does not fit)."""
+    if surely_does_not_fit(point):
+        return Candidate(point, None)
+    try:
+        ub = throughput_bound_tok_s(point)
+    except MemoryPlanError:
+        return Candidate(point, None)
+    return Candidate(point, None, bound_tok_s=_UNBOUNDED if ub is None else ub, pruned=True)
+
+
+@contextlib.contextmanager
+def _mapper(n_points: int):
+    """A `map(fn, points)` over `SETTINGS.jobs` processes (in order; one pool for the whole
+    search), or in this process where one job or few points make a pool not worth starting."""
     jobs = SETTINGS.jobs or os.cpu_count() or 1
+    if jobs == 1 or n_points < 4:
+        yield lambda fn, pts: map(fn, pts)
+        return
+    with ProcessPoolExecutor(max_workers=min(jobs, n_points), initializer=worker_setup) as pool:
+        yield lambda fn, pts: pool.map(fn, pts, chunksize=max(1, len(pts) // (8 * jobs)))
+
+
+def _map(mapper, fn: Callable[[PointSpec], Candidate], points: list[PointSpec], label: str) -> list[Candidate]:
+    """`fn` over `points` in order, with progress (map keeps the input order, so ties resolve
+    as in a serial run)."""
     hook = SETTINGS.progress
     out: list[Candidate] = []
-    if jobs == 1 or len(points) < 4:
-        for p in points:
-            out.append(evaluate(p))
-            if hook:
-                hook(label, len(out), len(points))
-        return out
-    with ProcessPoolExecutor(max_workers=min(jobs, len(points)), initializer=worker_setup) as pool:
-        for cand in pool.map(evaluate, points, chunksize=max(1, len(points) // (8 * jobs))):
-            out.append(cand)  # map keeps the input order, so ties resolve as in a serial run
-            if hook:
-                hook(label, len(out), len(points))
+    for cand in mapper(fn, points):
+        out.append(cand)
+        if hook:
+            hook(label, len(out), len(points))
     return out
 
 
-def best_of(points: Iterable[PointSpec], label: str = "searching") -> SearchResult:
-    """Simulate every point; the fastest that fits wins (ties: the first)."""
-    tried = tuple(_evaluate_all(list(points), label))
+def _evaluate_pruned(mapper, points: list[PointSpec], label: str) -> list[Candidate]:
+    """Branch and bound: bound every candidate (cheap: no op emitted), then simulate them
+    from the highest bound down, in rounds of one per process, until the next bound is
+    below the best throughput found; the rest are `pruned`. A candidate whose throughput
+    could equal the best has a bound at least the best, so it is simulated: the winner and
+    its ties are exactly those of simulating everything."""
+    cands = _map(mapper, bound, points, f"{label} (bounds)")
+    order = sorted((i for i, c in enumerate(cands) if c.pruned), key=lambda i: -cands[i].bound_tok_s)
+    jobs = SETTINGS.jobs or os.cpu_count() or 1
+    best = -1.0
+    pos = 0
+    while pos < len(order) and cands[order[pos]].bound_tok_s >= best:
+        batch = [i for i in order[pos:pos + jobs] if cands[i].bound_tok_s >= best]
+        pos += jobs
+        for i, done in zip(batch, _map(mapper, evaluate, [points[i] for i in batch], label), strict=True):
+            cands[i] = Candidate(points[i], done.throughput_tok_s, bound_tok_s=cands[i].bound_tok_s)
+            if done.throughput_tok_s is not None:
+                best = max(best, done.throughput_tok_s)
+    return cands
+
+
+def best_of(points: Iterable[PointSpec], label: str = "searching", prune: bool = False) -> SearchResult:
+    """The fastest candidate that fits (ties: the first). prune=False simulates every one;
+    prune=True skips those whose throughput bound is below the best found (`_evaluate_pruned`):
+    the same winner, with the skipped ones marked `pruned` (their throughput not computed)."""
+    pts = list(points)
+    with _mapper(len(pts)) as mapper:
+        tried = tuple(_evaluate_pruned(mapper, pts, label) if prune else _map(mapper, evaluate, pts, label))
     fits = [c for c in tried if c.throughput_tok_s is not None]
     if not fits:
         raise MemoryPlanError(f"none of the {len(tried)} candidate configurations fits in memory")

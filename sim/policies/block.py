@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import costs
 from ..memory import attention_context_bytes, check_plan, plan_from_sizes
-from ..schedule import KIND_STREAM, LINK_KINDS, OpKind, Schedule, ScheduleMeta, Stream
+from ..schedule import KIND_STREAM, LINK_KINDS, MemoryPlan, OpKind, Schedule, ScheduleMeta, Stream
 from ..specs import PointSpec, PolicyKind
 from .placement import flexgen_gpu_weight_percent
 from .registry import scheme_for
@@ -112,6 +112,17 @@ def surely_does_not_fit(point: PointSpec) -> bool:
     return plan.gpu_bytes > plan.gpu_capacity_bytes or plan.host_bytes > plan.host_capacity_bytes
 
 
+def payload_counts(point: PointSpec, check_memory: bool = True) -> tuple[list[tuple], np.ndarray]:
+    """(payloads, how many ops of each) of `point`'s schedule, with no op emitted: what a
+    cost model whose durations depend on payloads only needs to price every stream's busy
+    time (a lower bound on the makespan). Raises `MemoryPlanError` as `build_schedule` does."""
+    run = effective_point(point)
+    builder = _BlockBuilder(run, scheme_for(run.policy, run), block_options(run))
+    builder.plan(check_memory)
+    counts = builder.payload_counts()
+    return builder.payload_list(), counts
+
+
 class _BlockBuilder:
     """Builds the block schedule as columns.
 
@@ -159,6 +170,7 @@ class _BlockBuilder:
         self._compute_t: dict[tuple, tuple] = {}
         self._stores_t: dict[tuple, tuple] = {}
         self._weights_t: int | None = None
+        self._tables_cache: dict | None = None
 
     # ---------------------------------------------------------------- payloads
     def _payload(self, kind: OpKind, link_bytes: int = 0, flops: float = 0.0, hbm_bytes: int = 0,
@@ -387,35 +399,90 @@ class _BlockBuilder:
                 host += (first * (L - 1) + last) * mult if L > 1 else last * mult
         return host
 
-    def build(self, check_memory: bool, compiled: bool = True) -> Schedule:
+    def plan(self, check_memory: bool) -> tuple[MemoryPlan, int, int]:
+        """Walk the templates and make the memory plan, (plan, GPU static bytes, host static
+        bytes); check_memory=True raises `MemoryPlanError` where it does not fit."""
+        cache_on_host = self._plan_walk()
+        got = plan_from_sizes(self.point, self.scheme, self.largest, self.transient, cache_on_host, self.kinds)
+        if check_memory:
+            wl = self.wl
+            check_plan(got[0], f"{self.m.name} on {self.point.hardware.name}, {self.pol.label}, batch {wl.batch} "
+                       f"({self.k}x{self.gbs}), prompt {wl.prompt_len}, gen {wl.gen_len}")
+        return got
+
+    def payload_list(self) -> list[tuple]:
+        """The interned payloads, by index (`schedule.PAYLOAD_FIELDS` order)."""
+        payloads = [None] * len(self.payloads)
+        for key, idx in self.payloads.items():
+            payloads[idx] = key
+        return payloads
+
+    def build(self, check_memory: bool, compiled: bool | None = None) -> Schedule:
         n, L, k = self.wl.gen_len, self.L, self.k
         meta = ScheduleMeta(
             model=self.m.name, hardware=self.point.hardware.name, policy=self.pol.label,
             layers=L, batch=self.wl.batch, gpu_batch_size=self.gbs, num_gpu_batches=k,
             prompt_len=self.wl.prompt_len, gen_len=n,
         )
-        cache_on_host = self._plan_walk()
-        plan, gpu_static, host_static = plan_from_sizes(self.point, self.scheme, self.largest, self.transient,
-                                                        cache_on_host, self.kinds)
-        if check_memory:
-            wl = self.wl
-            check_plan(plan, f"{self.m.name} on {self.point.hardware.name}, {self.pol.label}, batch {wl.batch} "
-                       f"({k}x{self.gbs}), prompt {wl.prompt_len}, gen {wl.gen_len}")
+        plan, gpu_static, host_static = self.plan(check_memory)
         cols = self._emit(compiled)
-        payloads = [None] * len(self.payloads)
-        for key, idx in self.payloads.items():
-            payloads[idx] = key
-        return Schedule.from_arrays(meta, plan, payloads, *cols, gpu_static_bytes=gpu_static,
+        return Schedule.from_arrays(meta, plan, self.payload_list(), *cols, gpu_static_bytes=gpu_static,
                                     host_static_bytes=host_static)
 
-    def _emit(self, compiled: bool = True):
+    def _emit(self, compiled: bool | None = None):
         """Issue every op in FlexGen's program order (see the module docstring); returns the
         arrays (payload, layer, step, micro-batch, deps CSR, after CSR).
 
-        The templates become integer tables (block_emit's layout: a template id per step,
-        layer class and GPU batch, since a template serves a whole layer class); the
-        compiled kernel `block_emit.emit_block` walks the items and writes the ops."""
-        from .block_emit import CT_WIDTH, REC_KV, REC_LAYER, REC_NONE, emit_block
+        The templates become integer tables (`_tables`); the compiled kernel
+        `block_emit.emit_block` walks the items and writes the ops."""
+        from .block_emit import emit_block
+
+        tb = self._tables()
+        n_ops = tb["n_ops"]
+        cols = emit_block.pick(compiled, n_ops)(
+            self.wl.gen_len, self.L, self.k, self.opts.step_barrier, self.opts.rebuild_after_kv, tb["weights"],
+            tb["lt_of"], tb["lt_ptr"], tb["lt_pay"], tb["lt_tok"], tb["lt_off"], tb["ct_of"], tb["ct"],
+            tb["st_of"], tb["st_has"], tb["st_ptr"], tb["st_pay"], tb["pay_stream"], len(Stream), n_ops)
+        assert len(cols[0]) == n_ops, (len(cols[0]), n_ops)
+        return cols
+
+    def payload_counts(self) -> np.ndarray:
+        """How many ops of each payload the schedule holds, from the template tables alone
+        (no op emitted): equal to `np.bincount(schedule.payload_index)` (tested)."""
+        from .block_emit import CT_LM, CT_REC
+
+        tb = self._tables()
+        L = self.L
+        counts = np.zeros(len(self.payloads), dtype=np.int64)
+        if tb["weights"] >= 0:
+            counts[tb["weights"]] += self.wl.gen_len * L
+
+        def add_csr(uses: np.ndarray, ptr: np.ndarray, pay: np.ndarray) -> None:
+            owner = np.repeat(np.arange(len(ptr) - 1), np.diff(ptr))  # the template of each entry
+            np.add.at(counts, pay, uses[owner])
+
+        n_lt, n_ct, n_st = len(tb["lt_ptr"]) - 1, len(tb["ct"]), len(tb["st_ptr"]) - 1
+        # loads and compute: class 0 serves layer 0 (loads) or every layer but the last (compute)
+        first, rest = (1, L - 1) if L > 1 else (1, 0)
+        lt_uses = np.bincount(tb["lt_of"][:, 0].ravel(), minlength=n_lt) * first
+        lt_uses += np.bincount(tb["lt_of"][:, 1].ravel(), minlength=n_lt) * rest
+        add_csr(lt_uses, tb["lt_ptr"], tb["lt_pay"])
+        st_uses = np.bincount(tb["st_of"].ravel(), minlength=n_st) * L * tb["st_has"]
+        add_csr(st_uses, tb["st_ptr"], tb["st_pay"])
+        ct_uses = np.bincount(tb["ct_of"][:, 0].ravel(), minlength=n_ct) * (L - 1)
+        ct_uses += np.bincount(tb["ct_of"][:, 1].ravel(), minlength=n_ct)
+        pays = tb["ct"][:, CT_REC:CT_LM + 1]  # every payload column; -1 where a template has none
+        used = pays >= 0
+        np.add.at(counts, pays[used], np.broadcast_to(ct_uses[:, None], pays.shape)[used])
+        return counts
+
+    def _tables(self) -> dict:
+        """The templates as integer tables (block_emit's layout: a template id per step,
+        layer class and GPU batch, since a template serves a whole layer class), and the
+        schedule's op count; made once."""
+        if self._tables_cache is not None:
+            return self._tables_cache
+        from .block_emit import CT_WIDTH, REC_KV, REC_LAYER, REC_NONE
 
         L, k, n_steps = self.L, self.k, self.wl.gen_len
         loads_t, compute_t, stores_t = self._loads_template, self._compute_template, self._stores_template
@@ -485,10 +552,10 @@ class _BlockBuilder:
                     if L > 1 else lt_len[:, 0].sum()) + st_len.sum() * L
                     + (ct_len[:, 0].sum() * (L - 1) + ct_len[:, 1].sum() if L > 1 else ct_len[:, 1].sum()))
         stream_code = {s: c for c, s in enumerate(Stream)}
-        pay_stream = arr([stream_code[s] for s in self.payload_stream])
-        cols = emit_block.pick(compiled, n_ops)(
-            n_steps, L, k, self.opts.step_barrier, self.opts.rebuild_after_kv, weights,
-            lt_of, arr(lt_ptr), arr(lt_pay), arr(lt_tok, np.bool_), arr(lt_off).reshape(-1, 3),
-            ct_of, ct, st_of, arr(st_has, np.bool_), arr(st_ptr), arr(st_pay), pay_stream, len(Stream), n_ops)
-        assert len(cols[0]) == n_ops, (len(cols[0]), n_ops)
-        return cols
+        self._tables_cache = {
+            "n_ops": n_ops, "weights": weights, "lt_of": lt_of, "lt_ptr": arr(lt_ptr), "lt_pay": arr(lt_pay),
+            "lt_tok": arr(lt_tok, np.bool_), "lt_off": arr(lt_off).reshape(-1, 3), "ct_of": ct_of, "ct": ct,
+            "st_of": st_of, "st_has": arr(st_has, np.bool_), "st_ptr": arr(st_ptr), "st_pay": arr(st_pay),
+            "pay_stream": arr([stream_code[s] for s in self.payload_stream]),
+        }
+        return self._tables_cache
