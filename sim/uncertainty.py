@@ -85,7 +85,7 @@ def _m(text: str) -> Source:
 
 #: FlexGen's CPU attention: `cpu.attention_speed` scales this project's per-thread rates of that code
 _CPU_ATTENTION = Source(SourceKind.assumption, "assumption (range guessed): per-thread rates of FlexGen's CPU "
-                        "attention code measured by this project on a busy 2-core machine "
+                        "attention code measured by this project on a quiet 2-core machine "
                         "(benchmarks/results/flexgen_cpu_attention.md), scaled to the box's cores; x0.5-x2",
                         (0.5, 2.0))
 _PCIE4_MEASURED = _m("DESIGN.md: PCIe 4.0 x16 pinned achieved 25-26 GB/s (common measurements)")
