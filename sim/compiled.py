@@ -8,14 +8,15 @@ environment, the very same functions run as plain Python (much slower, identical
 the tests run both on the same inputs). Every kernel keeps its Python form as `.py_func`.
 
 Loading numba is a fixed cost per process: importing it and loading three cached kernels
-takes about 0.6 s of CPU (`python -m cProfile -m hssim.cli run ... --json` on a one-layer
-point: 0.28 s import, 0.34 s `load_overload`), while the kernels' Python forms cost a few
-microseconds per op (emission about 2.4 us/op on an OPT-1.3B schedule). So `Kernel.auto`
-runs a process's first `PY_OPS_BEFORE_COMPILING` ops as plain Python and switches to the
-compiled form once that much work has been done or one call alone is that big (the
-ski-rental rule: a process never pays more than about twice the better of the two), and
-`hssim run` on a small point never imports numba. Calling a kernel directly always runs it
-compiled.
+takes 0.4-0.6 s of CPU (`python -m cProfile -m hssim.cli run ... --json` on a one-layer
+point: 0.28 s import, 0.34 s `load_overload`), while the kernels' Python forms cost about
+14 us per op for emission, replay and memory peak together (0.28 us compiled; an OPT-6.7B
+hybrid schedule of 12,608 ops, 0.18 s against 0.39 s for its first compiled call). So
+`Kernel.auto` runs a process's first `PY_OPS_BEFORE_COMPILING` ops (about what loading numba
+costs, at that rate) as plain Python and switches to the compiled form once that much work
+has been done or one call alone is that big (the ski-rental rule: a process never pays more
+than about twice the better of the two), and `hssim run` on a small point never imports
+numba. Calling a kernel directly always runs it compiled.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ COMPILED = os.environ.get("HSSIM_NO_NUMBA") != "1" and importlib.util.find_spec(
 
 #: plain-Python ops (summed over kernels) a process runs before it compiles; about the
 #: work that costs as much as loading numba (see the module docstring)
-PY_OPS_BEFORE_COMPILING = int(os.environ.get("HSSIM_PY_OPS_BEFORE_COMPILING", "100000"))
+PY_OPS_BEFORE_COMPILING = int(os.environ.get("HSSIM_PY_OPS_BEFORE_COMPILING", "30000"))
 
 _py_ops_run = 0
 
