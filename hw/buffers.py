@@ -143,6 +143,7 @@ class DeviceBuffers:
     lm_head: torch.Tensor
     rotary: Rotary | None
     rope_positions: dict[int, torch.Tensor]  # load_act op id -> positions of its tokens (packed: rows)
+    act_from_end: bool = False  # activation loads use the end of a slot shared with K,V (`cache_rows`)
 
     @classmethod
     def allocate(cls, point: PointSpec, plan: ExecPlan, weights: ModelWeights, prompt_ids: torch.Tensor,
@@ -173,6 +174,24 @@ class DeviceBuffers:
         if rotary is not None:
             rope_positions = {i: torch.as_tensor(a.positions, dtype=torch.long).to(device)
                               for i, a in loads_act.items()}
+        # two cache load slots; where a schedule loads both forms, each is one buffer holding an
+        # item's K,V from the front and its activations from the back (`cache_rows`), sized for
+        # the largest K,V + activation rows one item loads (sim/memory.py)
+        kv_rows, act_rows = rows.get(OpKind.load_kv, 0), rows.get(OpKind.load_act, 0)
+        act_from_end = bool(kv_rows and act_rows)
+        if act_from_end:
+            per_item: dict[int, int] = {}
+            for i, a in plan.access.items():
+                kind = plan.schedule.ops[i].kind
+                if kind in (OpKind.load_kv, OpKind.load_act):
+                    item = plan.item(plan.schedule.ops[i])
+                    per_item[item] = per_item.get(item, 0) + a.rows(gbs) * (hk2 if kind is OpKind.load_kv else h)
+            flat = [zeros(max(per_item.values())) for _ in range(2)]
+            cache_slots = {OpKind.load_kv: [b[:kv_rows * hk2].view(kv_rows, hk2) for b in flat],
+                           OpKind.load_act: [b[b.numel() - act_rows * h:].view(act_rows, h) for b in flat]}
+        else:
+            cache_slots = {OpKind.load_kv: [zeros(kv_rows, hk2) for _ in range(2)],
+                           OpKind.load_act: [zeros(act_rows, h) for _ in range(2)]}
         scatter = {}
         if plan.packed:
             for i, a in plan.access.items():
@@ -184,11 +203,7 @@ class DeviceBuffers:
             plan=plan,
             resident=[gather(flat, wp.resident).to(device) for flat in weights.layers] if wp.n_resident else [],
             weight_slots=[zeros(wp.n_streamed) for _ in range(2)] if wp.n_streamed else [],
-            loads={
-                OpKind.load_kv: [zeros(rows.get(OpKind.load_kv, 0), hk2) for _ in range(2)],
-                OpKind.load_act: [zeros(rows.get(OpKind.load_act, 0), h) for _ in range(2)],
-                OpKind.load_tokens: [zeros(tok, gbs, dt=torch.int32) for _ in range(2)],
-            },
+            loads={**cache_slots, OpKind.load_tokens: [zeros(tok, gbs, dt=torch.int32) for _ in range(2)]},
             hidden=hidden,
             prefix_hidden=[x[1:1 + tok] for x in hidden],
             new_kv=[zeros(prompt_rows, gbs, hk2) for _ in range(2)],
@@ -204,7 +219,16 @@ class DeviceBuffers:
             lm_head=embed if weights.lm_head is weights.embed else weights.lm_head.to(device),
             rotary=rotary,
             rope_positions=rope_positions,
+            act_from_end=act_from_end,
         )
+
+    def cache_rows(self, kind: OpKind, slot: int, n: int) -> torch.Tensor:
+        """The `n` rows of cache load slot `slot` that a load of `kind` uses: the first rows of a
+        K,V slot, the last rows of an activation slot that shares its buffer with K,V."""
+        buf = self.loads[kind][slot]
+        if kind is OpKind.load_act and self.act_from_end:
+            return buf[buf.shape[0] - n:]
+        return buf[:n]
 
     def layer_weights(self, layer: int, slot: int) -> dict[str, torch.Tensor]:
         """Named views of `layer`'s weights: resident elements and/or the streamed ones in `slot`."""

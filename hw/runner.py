@@ -110,15 +110,15 @@ class OpRunner:
     def _load_cache(self, op: Op) -> None:
         acc = self.plan.access[op.id]
         host = self.host.cache[(acc.layer, acc.micro_batch, acc.cls)]
-        dst = self.dev.loads[op.kind][self._slot(op)]
         gbs = self.plan.gbs
+        dst = self.dev.cache_rows(op.kind, self._slot(op), acc.rows(gbs))
         if acc.packed:
             for sg in acc.segments:
                 src = host[sg.seq, sg.start:sg.stop]
                 dst[sg.row:sg.row + sg.n].copy_(src, non_blocking=True)
                 self._moved(op, src)
         else:
-            view = dst[:acc.rows(gbs)].view(len(acc.positions), gbs, -1)
+            view = dst.view(len(acc.positions), gbs, -1)
             for sg in acc.segments:
                 src = host[sg.start:sg.stop]
                 view[sg.row:sg.row + sg.n].copy_(src, non_blocking=True)
@@ -127,7 +127,7 @@ class OpRunner:
     def _loaded(self, op: Op) -> torch.Tensor:
         """A load's rows in its slot: token-major `[tokens, gbs, w]`, packed `[rows, 1, w]`."""
         acc = self.plan.access[op.id]
-        rows = self.dev.loads[op.kind][self._slot(op)][:acc.rows(self.plan.gbs)]
+        rows = self.dev.cache_rows(op.kind, self._slot(op), acc.rows(self.plan.gbs))
         return rows[:, None] if acc.packed else rows.view(len(acc.positions), self.plan.gbs, -1)
 
     def _load_tokens(self, op: Op) -> None:

@@ -8,9 +8,11 @@ run, so the peak is their sum:
 - resident: the weights kept on the GPU, embeddings, positions, final norm and
   (untied) LM head, and the part of the cache kept on the GPU;
 - two weight slots (layer `i` of the run's layer sequence uses slot `i % 2`);
-- two slots per cache load kind (K,V, activations, token ids), each the size of the
-  largest load of that kind; one buffer for the rebuilt K,V (the compute stream runs
-  one recompute at a time);
+- two cache load slots, each holding one item's loads: its K,V from the front and its
+  activations from the back of one buffer, so a slot is the size of the largest *sum* of one
+  item's K,V and activation loads (a GPU batch of HybridServe's naive mini-batches loads
+  mostly one form, so the two never both reach their largest in one slot), and two token-id
+  slots; one buffer for the rebuilt K,V (the compute stream runs one recompute at a time);
 - one hidden state per micro-batch (prompt rows: prefill runs whole prompts; token
   recompute keeps its prefix's hidden state in rows 1.. during decode);
 - two output slots for the new tokens' K,V (and input activations where the
@@ -63,7 +65,13 @@ def plan_memory(point: PointSpec, scheme, ops: Sequence[Op]) -> tuple[MemoryPlan
                                               (op.step, op.layer, op.micro_batch) in reads)
         transient = max(transient, op.workspace_bytes + context)
     cache_on_host = sum(op.host_alloc_bytes for op in ops)
-    return plan_from_sizes(point, scheme, largest, transient, cache_on_host, {op.kind for op in ops})
+    per_item: dict[tuple[int, int, int], int] = {}
+    for op in ops:
+        if op.kind in (OpKind.load_kv, OpKind.load_act):
+            key = (op.step, op.layer, op.micro_batch)
+            per_item[key] = per_item.get(key, 0) + op.gpu_bytes
+    return plan_from_sizes(point, scheme, largest, transient, cache_on_host, {op.kind for op in ops},
+                           cache_item_bytes=max(per_item.values(), default=0))
 
 
 def device_embedding_bytes(point: PointSpec) -> int:
@@ -79,21 +87,27 @@ def device_embedding_bytes(point: PointSpec) -> int:
 
 
 def gpu_buffer_items(point: PointSpec, largest: dict[OpKind, int], transient: int,
-                     kinds: Collection[OpKind]) -> list[MemoryItem]:
+                     kinds: Collection[OpKind], cache_item_bytes: int = 0) -> list[MemoryItem]:
     """The executor's device buffers for a schedule, beyond the resident weights and cache
     (see the module docstring); `largest`: the largest `gpu_bytes` of each op kind,
     `transient`: the most one op allocates while it runs (its workspace, and an attention's
-    concatenated context), `kinds`: every op kind the schedule has."""
+    concatenated context), `kinds`: every op kind the schedule has, `cache_item_bytes`: the
+    largest K,V + activation load bytes of one item (0: not known, the two largest added)."""
     m, pol, wl = point.model, point.policy, point.workload
     p, k, gbs = m.dtype_bytes, pol.num_gpu_batches, point.gpu_batch_size
     h, kv_tok, act_tok = m.hidden, m.kv_bytes_per_token, m.act_bytes_per_token
     prompt_rows = max(wl.prompt_len, 1)
     tok = largest.get(OpKind.load_tokens, 0) // (gbs * costs.TOKEN_ID_BYTES)  # token ids per sequence
     act_rows = largest.get(OpKind.load_act, 0) // act_tok
+    kv_load, act_load = largest.get(OpKind.load_kv, 0), largest.get(OpKind.load_act, 0)
+    if kv_load and act_load:  # one buffer per slot: an item's K,V from the front, activations from the back
+        cache_slots = [("cache load slots (x2, one item's K,V and activations)",
+                        2 * (cache_item_bytes or kv_load + act_load))]
+    else:
+        cache_slots = [("K,V load slots (x2)", 2 * kv_load), ("activation load slots (x2)", 2 * act_load)]
     items = [
         ("weight slots (x2)", 2 * largest.get(OpKind.load_weights, 0)),
-        ("K,V load slots (x2)", 2 * largest.get(OpKind.load_kv, 0)),
-        ("activation load slots (x2)", 2 * largest.get(OpKind.load_act, 0)),
+        *cache_slots,
         ("token-id load slots (x2)", 2 * largest.get(OpKind.load_tokens, 0)),
         ("rebuilt K,V", max(act_rows, tok * gbs) * kv_tok),
         # token recompute's prefix hidden state shares its micro-batch's hidden state (rows 1..)
@@ -109,7 +123,8 @@ def gpu_buffer_items(point: PointSpec, largest: dict[OpKind, int], transient: in
 
 
 def plan_from_sizes(point: PointSpec, scheme, largest: dict[OpKind, int], transient: int,
-                    cache_on_host: int, kinds: Collection[OpKind]) -> tuple[MemoryPlan, int, int]:
+                    cache_on_host: int, kinds: Collection[OpKind],
+                    cache_item_bytes: int = 0) -> tuple[MemoryPlan, int, int]:
     """`plan_memory` from what it reads of the ops: the largest `gpu_bytes` of each kind,
     the largest transient (`workspace_bytes`, plus an attention's concatenated context),
     the sum of `host_alloc_bytes` and the op kinds present.
@@ -133,7 +148,7 @@ def plan_from_sizes(point: PointSpec, scheme, largest: dict[OpKind, int], transi
     gpu_items = [
         MemoryItem("weights kept on GPU (incl. embeddings, LM head)", weights_on_gpu),
         MemoryItem("cache kept on GPU", cache_on_gpu),
-        *gpu_buffer_items(point, largest, transient, kinds),
+        *gpu_buffer_items(point, largest, transient, kinds, cache_item_bytes),
     ]
     token_ids = wl.batch * (wl.prompt_len + wl.gen_len) * costs.TOKEN_ID_BYTES
     host_items = [

@@ -93,7 +93,7 @@ def _hybridserve_box_points():
         dict(kind="hybridserve", kv_ratio=0.25, mini_batching="naive"),
         dict(kind="hybridserve", kv_ratio=0.5, mini_batching="balanced"),
     ]
-    runs = [(p, pol) for p in (512, 1920) for pol in long_prompts] + [(512, pol) for pol in paper_grid]
+    runs = [(p, pol) for p in (512, 1920) for pol in long_prompts + paper_grid]
     for prompt, pol in runs:
         point = make_point("opt-30b", hardware="rtx4090-pcie4", batch=128, prompt_len=prompt, gen_len=4,
                            num_gpu_batches=8, gpu_batch_size=16, weights_gpu_percent=0.0, **pol)

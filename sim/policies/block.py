@@ -171,6 +171,7 @@ class _BlockBuilder:
         self._stores_t: dict[tuple, tuple] = {}
         self._weights_t: int | None = None
         self._tables_cache: dict | None = None
+        self.cache_item_bytes = 0  # the most K,V + activation bytes one item loads (see sim/memory.py)
 
     # ---------------------------------------------------------------- payloads
     def _payload(self, kind: OpKind, link_bytes: int = 0, flops: float = 0.0, hbm_bytes: int = 0,
@@ -235,6 +236,7 @@ class _BlockBuilder:
         if got is not None:
             return got
         out = []
+        item_bytes = 0
         if t > 0 and not self.cpu_attention:
             past = self._past(t)
             wanted = dict(self.scheme.mb_loads(past, j, self.gbs))
@@ -249,6 +251,9 @@ class _BlockBuilder:
                     continue
                 out.append((kind, self._payload(kind, link_bytes=nbytes, gpu_bytes=nbytes,
                                                 shape=self._tok_shape(total))))
+                if kind is not OpKind.load_tokens:
+                    item_bytes += nbytes
+        self.cache_item_bytes = max(self.cache_item_bytes, item_bytes)
         got = self._loads_t[key] = tuple(out)
         return got
 
@@ -403,7 +408,8 @@ class _BlockBuilder:
         """Walk the templates and make the memory plan, (plan, GPU static bytes, host static
         bytes); check_memory=True raises `MemoryPlanError` where it does not fit."""
         cache_on_host = self._plan_walk()
-        got = plan_from_sizes(self.point, self.scheme, self.largest, self.transient, cache_on_host, self.kinds)
+        got = plan_from_sizes(self.point, self.scheme, self.largest, self.transient, cache_on_host, self.kinds,
+                              cache_item_bytes=self.cache_item_bytes)
         if check_memory:
             wl = self.wl
             check_plan(got[0], f"{self.m.name} on {self.point.hardware.name}, {self.pol.label}, batch {wl.batch} "
