@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import UserError
+from ..errors import ScenarioError, UserError
 from ..sim.scenario import MAX_POINTS, load_yaml, points_from_mapping
 from ..sim.specs import PointSpec
 from ..sim.yamlsafe import one_line, parse_yaml
@@ -125,7 +125,7 @@ def check_output(path: str | Path | None, option: str, kind: str = "file",
             raise UserError(f"{option} {text}: {system} is the system's, not a place for results; "
                             "fix: write under your own folder")
     if kind == "file":
-        if suffixes and p.suffix.lower() not in suffixes:
+        if suffixes and p.suffix not in suffixes:  # exact: the writers pick the format by suffix
             raise UserError(f"{option} {text}: unknown file type '{p.suffix}'; fix: end the name in "
                             f"{' or '.join(suffixes)}")
         if real.exists() and not real.is_file():
@@ -202,10 +202,15 @@ def _parse_sets(sets: tuple[str, ...]) -> dict[str, object]:
             raise UserError(f"--set {one_line(item, 80)}: expected KEY=VALUE; fix: write e.g. "
                             "--set workload.prompt_len=512")
         try:
-            out[key.strip()] = parse_yaml(value, f"--set {key.strip()}", "value")
+            parsed = parse_yaml(value, f"--set {key.strip()}", "value")
         except UserError as e:
             raise UserError(f"--set {one_line(item, 80)}: not a valid value ({getattr(e, 'message', e)}); fix: "
-                            "write a number, a word or a [list] (quote text with ':' or '#')") from None
+                            "write a number or a word (quote text with ':' or '#')") from None
+        if parsed is None or isinstance(parsed, (list, dict)):
+            what = "no value" if parsed is None else "a list or mapping"
+            raise UserError(f"--set {one_line(item, 80)}: {what}, where --set fixes one value; fix: write one value, "
+                            f"e.g. --set {key.strip()}=512 (a sweep over values goes in the scenario's sweep:)")
+        out[key.strip()] = parsed
     return out
 
 
@@ -222,7 +227,13 @@ def select_points(path: str, policy: str | None, sets: tuple[str, ...]) -> list[
     if count_points(data) > MAX_POINTS:
         raise UserError(f"{path}: the scenario has {count_points(data)} points; fix: narrow it to one with "
                         f"--policy and --set AXIS=VALUE (axes: {', '.join(map(str, data.get('sweep') or {}))})")
-    points = points_from_mapping(data, path, Path(path).stem)
+    try:
+        points = points_from_mapping(data, path, Path(path).stem)
+    except ScenarioError as e:  # a value given with --set is blamed on --set, not on the file
+        key = next((k for k in overrides if e.field.startswith(f"sweep.{k}")), None)
+        if key is None:
+            raise
+        raise UserError(f"--set {key}={one_line(str(overrides[key]), 40)}: {e.message}; fix: {e.fix}") from None
     if policy:
         by_label = [p for p in points if p.policy.label == policy]
         points = by_label or [p for p in points if p.policy.kind.value == policy]

@@ -67,9 +67,10 @@ def print_summary(results, console) -> None:
               help="fix a field or sweep axis, e.g. --set policy.cache_pinned=true (repeatable)")
 @click.option("--out", "out_dir", default="out/sensitivity", show_default=True, type=click.Path(file_okay=False),
               help="folder for the tables (CSV, Markdown), sensitivity.md and the tornado figures")
-@click.option("--samples", type=click.IntRange(min=0), default=32, show_default=True,
-              help="joint draws of every figure at once (0: one at a time only)")
-@click.option("--seed", type=int, default=0, show_default=True, help="seed of the joint draws")
+@click.option("--samples", type=click.IntRange(min=0, max=10_000), default=32, show_default=True,
+              help="joint draws of every figure at once (0: one at a time only; each re-simulates every "
+                   "configuration, so at most 10,000)")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="seed of the joint draws")
 def sensitivity(scenario: str, point_index: int | None, policies: tuple[str, ...], sets: tuple[str, ...],
                 out_dir: str, samples: int, seed: int) -> None:
     """For each workload point of SCENARIO: the winner, its margin, which uncertain hardware figure would

@@ -49,6 +49,12 @@ def sweep(files: tuple[str, ...], out_dir: str, jobs: int | None, cluster: str |
         click.echo(describe_points(load_points(files, max_points=max_points)))
         return
     out = check_output(out_dir, "--out", kind="dir", contents=SWEEP_FILES)
+    folders = ([] if no_report else ["report", "report/figures", "report/tables"]) + (
+        ["sensitivity"] if with_sensitivity else [])
+    for sub in folders:  # before any point runs: a file where a folder goes would fail the last step
+        if (out / sub).exists() and not (out / sub).is_dir():
+            raise UserError(f"--out {out_dir}: {sub} inside it is a file, where the sweep writes a folder; "
+                            "fix: move it away or use another folder")
     cluster = check_cluster(cluster)
     console = Console(stderr=True)
     points = load_points(files, max_points=max_points, each=lambda path, pts: check_op_counts(

@@ -14,7 +14,7 @@ import numpy as np
 from .. import __version__
 from .costs import CostModel, RooflineCostModel
 from .engine import SimResult, simulate
-from .metrics import run_metrics
+from .metrics import METRIC_COLUMNS, run_metrics
 from .policies import build_schedule
 from .schedule import Schedule, Stream
 from .specs import POLICY_PARAMS, PointSpec, PolicyKind
@@ -220,6 +220,9 @@ def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     import pandas as pd
 
     df = pd.DataFrame(rows)
+    for col in METRIC_COLUMNS:  # a table where no point ran still has every metric column, null
+        if col not in df.columns:
+            df[col] = math.nan
     for col in INT_COLUMNS:
         if col in df.columns:
             df[col] = pd.array([None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)

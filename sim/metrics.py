@@ -89,6 +89,15 @@ def throughput_tok_s(result: SimResult) -> float:
     return meta.batch * meta.gen_len / result.makespan_s
 
 
+#: the keys of `run_metrics`, in order: every results table has these columns, null where a
+#: point did not run (tested equal to what `run_metrics` returns)
+METRIC_COLUMNS = (
+    "makespan_s", "prefill_s", "decode_s", "throughput_tok_s", "decode_tok_s", "token_latency_s", "bound_s",
+    "bound_tok_s", "critical_path_s", "gpu_busy", "h2d_busy", "d2h_busy", "cpu_busy", "h2d_bytes", "d2h_bytes",
+    "peak_gpu_bytes", "peak_host_bytes", "planned_gpu_bytes", "planned_host_bytes", "ops",
+)
+
+
 def run_metrics(result: SimResult) -> dict[str, float]:
     sched = result.schedule
     meta = sched.meta

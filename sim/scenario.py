@@ -112,6 +112,13 @@ def _hardware_from_profile(source: str, field: str, name: str) -> HardwareSpec |
     """A hardware spec from a calibrated profile named like a preset, or None if there is none."""
     from .costs.profile import find_profile, load_profile
 
+    relative = Path(name)
+    if not relative.is_absolute() and relative.suffix in (".yaml", ".yml"):
+        # a relative path is read from the scenario's folder first (as serving traces are), then
+        # from the working directory
+        beside = Path(source).parent / relative
+        if beside.is_file():
+            name = str(beside)
     try:
         path = find_profile(name)
     except ProfileError:
@@ -235,7 +242,7 @@ def points_from_mapping(data: Mapping, source: str, default_name: str,
                             "write e.g. '- {kind: kv-only}'")
     count = count_points(data)
     if max_points is not None and count > max_points:
-        sizes = " x ".join(str(len(v)) for _, v in axes)
+        sizes = " x ".join(str(len(v)) for _, v in axes) or "1"
         raise ScenarioError(source, "sweep", f"{count} points ({sizes} values x {len(policies)} policies) exceed "
                             f"the limit of {max_points}",
                             "narrow the sweep, split it into several files, or raise the limit (--max-points)")
@@ -293,6 +300,13 @@ def points_from_mapping(data: Mapping, source: str, default_name: str,
         except ValidationError as e:
             raise pydantic_error(source, field, e) from None
         written.append((kind, reads, merged))
+    for axis, values in axes:
+        param = axis.split(".", 1)[1] if axis.startswith("policy.") else None
+        if param is not None and len(values) > 1 and not any(param in reads for _, reads, _ in written):
+            kinds = ", ".join(sorted({kind for kind, _, _ in written}))
+            raise ScenarioError(source, f"sweep.{axis}", f"no policy of this scenario reads {param} "
+                                f"(policies: {kinds}), so the axis would change nothing",
+                                f"drop the axis, or add a policy kind that reads {param}")
 
     model_of = _resolver(source, "model", MODELS, ModelSpec)
     hardware_of = _resolver(source, "hardware", HARDWARE, HardwareSpec)
@@ -348,8 +362,9 @@ def points_from_mapping(data: Mapping, source: str, default_name: str,
             except ValidationError as e:
                 first = e.errors()[0]
                 msg = first["msg"].removeprefix("Value error, ")
-                raise ScenarioError(source, f"{field} with workload", msg,
-                                    "make gpu_batch_size x num_gpu_batches equal workload.batch") from None
+                fix = ("lower policy.split_tokens" if "split_tokens" in msg
+                       else "make gpu_batch_size x num_gpu_batches equal workload.batch")
+                raise ScenarioError(source, f"{field} with workload", msg, fix) from None
             seen.add(key)
             points.append(point)
     return points

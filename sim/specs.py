@@ -45,7 +45,7 @@ MAX_OVERHEAD_S = 1.0  # a launch overhead or link latency
 class Spec(BaseModel):
     """Base of every spec: frozen, unknown fields rejected."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------- model
@@ -175,6 +175,19 @@ class GPUSpec(Spec):
     hbm_efficiency: Real = Field(default=1.0, gt=0, le=1, description="achieved fraction of hbm_Bps")
     reserved_bytes: Int = Field(default=0, ge=0, le=MAX_BYTES, description="memory the runtime keeps for itself "
                                 "(CUDA context, kernels, cuBLAS workspace)")
+
+    @model_validator(mode="after")
+    def _achieved_rates_in_range(self) -> GPUSpec:
+        # the achieved rates price every op: held to the same ranges as any rate
+        if self.achieved_flops < MIN_FLOPS:
+            raise ValueError(f"peak_flops x matmul_efficiency is {self.achieved_flops:.3g} FLOP/s, below "
+                             f"{MIN_FLOPS:.0e}: matmul_efficiency {self.matmul_efficiency:g} is a typo? "
+                             "(it is the achieved fraction of the peak, e.g. 0.7)")
+        if self.achieved_hbm_Bps < MIN_RATE_BPS:
+            raise ValueError(f"hbm_Bps x hbm_efficiency is {self.achieved_hbm_Bps:.3g} B/s, below "
+                             f"{MIN_RATE_BPS:.0e}: hbm_efficiency {self.hbm_efficiency:g} is a typo? "
+                             "(it is the achieved fraction of hbm_Bps, e.g. 0.8)")
+        return self
 
     @property
     def achieved_flops(self) -> float:
@@ -368,6 +381,12 @@ class PointSpec(Spec):
                 f"workload.batch ({self.workload.batch}) is not divisible by "
                 f"policy.num_gpu_batches ({self.policy.num_gpu_batches})"
             )
+        split = self.policy.split_tokens
+        if split is not None and split > self.model.max_positions:
+            # a split past the context keeps every token as activations (allowed); past the model's
+            # positions it names a token no run of this model can have
+            raise ValueError(f"policy.split_tokens ({split}) is beyond the model's {self.model.max_positions} "
+                             f"positions; use at most {self.model.max_positions}")
         return self
 
     @property

@@ -70,11 +70,33 @@ def op_name(kind: str, layer: int, step: int, micro_batch: int, in_stack: bool =
     return f"{kind}{where} s{step} mb{micro_batch}"
 
 
-def parse_selection(text: str | None, option: str) -> frozenset[int] | None:
-    """`"0,2-4"` -> {0, 2, 3, 4}; None stays None (keep everything)."""
+@dataclass(frozen=True)
+class Selection:
+    """Steps or layers to keep, as inclusive ranges (`--trace-steps 0,2-4`); never expanded, so a
+    range of any length costs nothing."""
+
+    ranges: tuple[tuple[int, int], ...]
+    option: str = ""
+
+    def mask(self, values) -> np.ndarray:
+        values = np.asarray(values)
+        out = np.zeros(values.shape, dtype=bool)
+        for lo, hi in self.ranges:
+            out |= (values >= lo) & (values <= hi)
+        return out
+
+    def __contains__(self, value: object) -> bool:
+        return isinstance(value, int) and any(lo <= value <= hi for lo, hi in self.ranges)
+
+    def __str__(self) -> str:
+        return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in self.ranges)
+
+
+def parse_selection(text: str | None, option: str) -> Selection | None:
+    """`"0,2-4"` -> the ranges 0 and 2-4; None stays None (keep everything)."""
     if text is None:
         return None
-    out: set[int] = set()
+    ranges: list[tuple[int, int]] = []
     for part in str(text).split(","):
         lo, dash, hi = part.strip().partition("-")
         try:
@@ -84,8 +106,37 @@ def parse_selection(text: str | None, option: str) -> frozenset[int] | None:
             raise UserError(f"{option} {text}: expected numbers and ranges such as 0,2-4") from None
         if a < 0 or b < a:
             raise UserError(f"{option} {text}: a range runs from a smaller to a larger number >= 0, e.g. 2-4")
-        out.update(range(a, b + 1))
-    return frozenset(out)
+        ranges.append((a, b))
+    return Selection(tuple(sorted(ranges)), option)
+
+
+def _mask(selection, values) -> np.ndarray:
+    """Which `values` a selection keeps (a `Selection`, or any collection of ints)."""
+    if isinstance(selection, Selection):
+        return selection.mask(values)
+    return np.isin(values, list(selection))
+
+
+def _describe(selection) -> str:
+    if isinstance(selection, Selection):
+        return str(selection)
+    return ",".join(map(str, sorted(selection)))
+
+
+def _check_selection_keeps_ops(parts, steps, layers) -> None:
+    """Refuse a step or layer selection that keeps no op of any part, naming what the run has."""
+    for sel, col, what in ((steps, "step", "steps"), (layers, "layer", "layers")):
+        if sel is None:
+            continue
+        have = np.concatenate([p.timeline[col].to_numpy() for p in parts]) if parts else np.zeros(0, int)
+        if col == "layer":
+            have = np.concatenate([p.timeline[col].to_numpy()[_in_stack(p.timeline["kind"].to_numpy(),
+                                                                         p.timeline[col].to_numpy())]
+                                   for p in parts]) if parts else have
+        if len(have) and not _mask(sel, have).any():
+            option = getattr(sel, "option", "") or f"--trace-{what}"
+            raise UserError(f"{option} {_describe(sel)}: the run has {what} {int(have.min())}-{int(have.max())}, "
+                            f"so the trace would hold no op; fix: pick {what} in that range")
 
 
 def check_trace_path(path: str | Path, option: str = "--trace") -> Path:
@@ -126,13 +177,13 @@ def _in_stack(kind, layer):
     return (kind != OUTSIDE_STACK) & (layer >= 0)
 
 
-def _keep(tl: pd.DataFrame, steps: frozenset[int] | None, layers: frozenset[int] | None) -> np.ndarray:
+def _keep(tl: pd.DataFrame, steps, layers) -> np.ndarray:
     keep = np.ones(len(tl), dtype=bool)
     if steps is not None:
-        keep &= tl["step"].isin(steps).to_numpy()
+        keep &= _mask(steps, tl["step"].to_numpy())
     if layers is not None:
         layer = tl["layer"].to_numpy()
-        keep &= ~_in_stack(tl["kind"].to_numpy(), layer) | np.isin(layer, list(layers))
+        keep &= ~_in_stack(tl["kind"].to_numpy(), layer) | _mask(layers, layer)
     return keep
 
 
@@ -282,15 +333,16 @@ def write_trace(parts: Iterable[TracePart], path: str | Path, meta: dict | None 
     `meta` lands in the trace's `otherData` (Perfetto shows it under trace info).
     """
     path = check_trace_path(path)
+    _check_selection_keeps_ops(parts, steps, layers)
     events: list[dict] = []
     for part in parts:
         flow_base = sum(1 for e in events if e["ph"] == "s")
         events += trace_events(part, steps, layers, flow_base=flow_base)
     meta = dict(meta or {})
     if steps is not None:
-        meta["steps_kept"] = ",".join(map(str, sorted(steps)))
+        meta["steps_kept"] = _describe(steps)
     if layers is not None:
-        meta["layers_kept"] = ",".join(map(str, sorted(layers)))
+        meta["layers_kept"] = _describe(layers)
     trace = {
         "schemaVersion": 1,
         "displayTimeUnit": "ms",

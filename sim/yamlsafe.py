@@ -87,6 +87,20 @@ class BoundedLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def construct_yaml_str(self, node):
+        # an escape such as "\ud800" makes a lone surrogate: not a character, and no file, terminal
+        # or JSON can hold it
+        value = super().construct_yaml_str(node)
+        bad = next((ch for ch in value if "\ud800" <= ch <= "\udfff"), None)
+        if bad is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"U+{ord(bad):04X} is half of a UTF-16 surrogate pair, not a character", node.start_mark)
+        return value
+
+    def construct_yaml_timestamp(self, node):
+        # a scenario has no dates: a value that looks like one stays the text it is
+        return self.construct_scalar(node)
+
     def construct_mapping(self, node, deep=False):
         seen: set = set()
         for key_node, _ in node.value:
@@ -106,6 +120,10 @@ class BoundedLoader(yaml.SafeLoader):
                     None, None, f"key '{one_line(key, 40)}' is given twice in one mapping", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+BoundedLoader.add_constructor("tag:yaml.org,2002:str", BoundedLoader.construct_yaml_str)
+BoundedLoader.add_constructor("tag:yaml.org,2002:timestamp", BoundedLoader.construct_yaml_timestamp)
 
 
 def _check_size(node: yaml.Node) -> None:

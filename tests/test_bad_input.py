@@ -96,6 +96,15 @@ SCENARIOS: dict[str, tuple[bytes, str]] = {
                                   "hardware"),
     "hardware names a binary file": (BASE.replace("hardware: rtx4090-pcie4", "hardware: {dir}/blob.yaml").encode(),
                                      "hardware"),
+    "lone surrogate in a name": (BASE.replace("name: tiny", 'name: "a\\ud800b"').encode(), "U+D800"),
+    "lone surrogate in a hardware name": (_hw('name: "h\\udfff"').encode(), "U+DFFF"),
+    "matmul efficiency 1e-300": (_hw("gpu: {matmul_efficiency: 1.0e-300}").encode(), "matmul_efficiency"),
+    "hbm efficiency 1e-300": (_hw("gpu: {hbm_efficiency: 1.0e-300}").encode(), "hbm_efficiency"),
+    "split beyond the positions": (_policy("{kind: kvpr, split_tokens: 100000}").encode(), "split_tokens"),
+    "an axis no policy reads": (_policy("{kind: kv-only}", "{policy.split_tokens: [1, 2, 3]}").encode(),
+                                "sweep.policy.split_tokens"),
+    "profile without an idle GEMM table": (BASE.replace("hardware: rtx4090-pcie4", "hardware: bad-prof.yaml").encode(),
+                                           "idle"),
 }
 
 
@@ -121,6 +130,8 @@ def test_broken_scenario_is_one_line_and_writes_nothing(tmp_path, name):
     text, needle = SCENARIOS[name]
     (tmp_path / "other.yaml").write_text(BASE + "? [a]\n: 1\n")
     (tmp_path / "blob.yaml").write_bytes(bytes(range(256)) * 8)
+    profile = (Path(__file__).resolve().parents[1] / "profiles" / "cpu-amd-epyc-2cpu-1t.yaml").read_text()
+    (tmp_path / "bad-prof.yaml").write_text(profile.replace("\n  idle:", "\n  idl:"))
     path = tmp_path / "s.yaml"
     path.write_bytes(text.replace(b"{dir}", str(tmp_path).encode()))
     out = tmp_path / "out"
@@ -159,6 +170,14 @@ def _cli_cases(tmp: Path) -> list[tuple[list, str]]:
         (["run", ok, "--set", "workload.batch=!!python/object/apply:os.system [ls]"], "--set workload.batch"),
         (["run", ok, "--set", "=3"], "--set"),
         (["run", ok, "--set", "workload.batch=true"], "workload.batch"),
+        (["run", ok, "--set", "workload.prompt_len=[64,128]"], "--set workload.prompt_len"),
+        (["run", ok, "--set", "workload.prompt_len="], "--set workload.prompt_len"),
+        (["run", ok, "--set", "workload.prompt_len=-5"], "--set workload.prompt_len"),
+        (["run", ok, "--timeline", tmp / "t.CSV"], "--timeline"),
+        (["run", ok, "--trace", tmp / "t.json", "--trace-steps", "50"], "--trace-steps"),
+        (["run", ok, "--trace", tmp / "t.json", "--trace-layers", "100-200"], "--trace-layers"),
+        (["sensitivity", ok, "--seed", "-1"], "--seed"),
+        (["sensitivity", ok, "--samples", "100000000"], "--samples"),
         (["run", ok, "--timeline", tmp / "t.txt"], "--timeline"),
         (["run", ok, "--timeline", "/dev/null"], "--timeline"),
         (["run", ok, "--timeline", tmp], "--timeline"),
@@ -248,6 +267,13 @@ SERVING_CASES = {
     "watermark nan": (SERVING + "engine: {watermark: .nan}\n", "engine.watermark"),
     "block_tokens 9e18": (SERVING + "engine: {block_tokens: 9000000000000000000}\n", "engine.block_tokens"),
     "gpu_kv_bytes inf": (SERVING + "gpu_kv_bytes: .inf\n", "gpu_kv_bytes"),
+    "gpu_kv_bytes 0.5": (SERVING + "gpu_kv_bytes: 0.5\n", "gpu_kv_bytes"),
+    "gpu_kv_bytes 400 digits": (SERVING + "gpu_kv_bytes: " + "9" * 400 + "\n", "gpu_kv_bytes"),
+    "policy kind a list": (SERVING.replace("[{kind: vllm-swap}]", "[{kind: [vllm-swap]}]"), "policies[0].kind"),
+    "a block larger than the pool": (SERVING + "gpu_kv_bytes: 1.0e9\nengine: {block_tokens: 1048576}\n",
+                                     "block_tokens"),
+    "27 M points": (SERVING + "sweep: {workload.seed: [%s], engine.max_running: [%s], workload.rate_rps: [%s]}\n"
+                    % ((", ".join(map(str, range(1, 301))),) * 3), "exceed the limit"),
     "laughs": (LAUGHS + SERVING.replace("requests: 10", "requests: *l6"), "aliases"),
     "trace is a device": (SERVING.replace("{requests: 10, rate_rps: 1.0, prompt_len: 64, output_len: 8}",
                                           "{trace: /dev/zero}"), "not a regular file"),
@@ -509,3 +535,24 @@ def test_figures_are_written_whole_and_stale_temporaries_removed(tmp_path):
     os.utime(old, (time.time() - 3600, time.time() - 3600))
     write_atomic(pd.DataFrame({"a": [1]}), tmp_path / "results.parquet")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.pdf", "f.png", "results.parquet"]
+
+
+def test_a_sweep_where_no_point_fits_writes_full_tables_and_a_report(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(_hw("gpu: {memory_bytes: 1000}"))
+    out = tmp_path / "out"
+    res = _invoke("sweep", path, "--out", out, "-j", "1")
+    assert res.exit_code == 0, res.output
+    df = pd.read_csv(out / "results.csv")
+    assert (df["status"] == "infeasible").all() and "throughput_tok_s" in df.columns
+    assert (out / "report" / "README.md").is_file()
+
+
+def test_a_file_where_the_report_folder_goes_is_refused_before_any_point_runs(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(BASE)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report").write_text("x")
+    _one_line(_invoke("sweep", path, "--out", out, "-j", "1"), "report")
+    assert sorted(p.name for p in out.iterdir()) == ["report"]

@@ -200,7 +200,10 @@ def test_step_and_layer_filters(tmp_path, cpu_run):
 
 
 def test_selection_parsing():
-    assert parse_selection("0,2-4", "--trace-steps") == {0, 2, 3, 4}
+    sel = parse_selection("0,2-4", "--trace-steps")
+    assert sel.mask(range(6)).tolist() == [True, False, True, True, True, False] and str(sel) == "0,2-4"
+    huge = parse_selection("0-99999999999", "--trace-steps")  # never expanded: no memory for a long range
+    assert huge.mask([0, 5, 10**11]).tolist() == [True, True, False]
     assert parse_selection(None, "--trace-steps") is None
     for bad in ("a", "3-1", "-2"):
         with pytest.raises(UserError, match="--trace-steps"):

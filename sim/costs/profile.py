@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ...errors import ProfileError, ScenarioError
 from ..schedule import Op, OpKind, Stream
@@ -46,14 +46,28 @@ class ProfileDeviceWarning(UserWarning):
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+#: the longest any one measured call may take; a longer one is a corrupt profile, not a measurement
+MAX_MEASURED_S = 3600.0
 
 
 class Curve(_Frozen):
     """Seconds against bytes, measured at increasing sizes."""
 
-    bytes: list[int]
-    seconds: list[float]
+    bytes: list[int] = Field(min_length=1)
+    seconds: list[float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _measured(self) -> Curve:
+        if len(self.bytes) != len(self.seconds):
+            raise ValueError(f"{len(self.bytes)} sizes but {len(self.seconds)} times")
+        if any(b <= 0 for b in self.bytes) or any(b >= c for b, c in zip(self.bytes, self.bytes[1:], strict=False)):
+            raise ValueError("bytes must be positive and increasing")
+        if any(not 0 < t <= MAX_MEASURED_S for t in self.seconds):
+            raise ValueError(f"seconds must be in (0, {MAX_MEASURED_S:g}]")
+        return self
 
     def time_s(self, nbytes: float) -> float:
         if nbytes <= 0:
@@ -73,10 +87,10 @@ class Curve(_Frozen):
 class LinearFit(_Frozen):
     """seconds = intercept + kv_bytes * per_kv_byte + flops * per_flop + rows * per_row (all >= 0)."""
 
-    intercept_s: float = Field(ge=0)
-    per_kv_byte_s: float = Field(ge=0)
-    per_flop_s: float = Field(ge=0)
-    per_row_s: float = Field(ge=0)
+    intercept_s: float = Field(ge=0, le=MAX_MEASURED_S)
+    per_kv_byte_s: float = Field(ge=0, le=1e-3)  # slower than 1 kB/s is not a measurement
+    per_flop_s: float = Field(ge=0, le=1e-3)
+    per_row_s: float = Field(ge=0, le=1.0)
     median_ape: float = Field(description="median absolute percentage error of the fit on its benchmarks")
 
     def time_s(self, kv_bytes: float, flops: float, rows: float) -> float:
@@ -86,7 +100,15 @@ class LinearFit(_Frozen):
 class GemmTable(_Frozen):
     """Measured `[m, n, k, seconds]` rows of `F.linear` (x `[m,k]`, W `[n,k]`)."""
 
-    rows: list[tuple[int, int, int, float]]
+    rows: list[tuple[int, int, int, float]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _measured(self) -> GemmTable:
+        for m, n, k, t in self.rows:
+            if min(m, n, k) <= 0 or not 0 < t <= MAX_MEASURED_S:
+                raise ValueError(f"row [{m}, {n}, {k}, {t}]: m, n, k must be positive and seconds in "
+                                 f"(0, {MAX_MEASURED_S:g}]")
+        return self
 
     def time_s(self, m: int, n: int, k: int) -> float:
         if m <= 0 or n <= 0 or k <= 0:
@@ -123,12 +145,13 @@ class HardwareProfile(_Frozen):
     name: str
     device: dict[str, str | int]
     dtype: str
-    threads: int = Field(description="torch intra-op threads per executor stream thread")
-    contention: str = Field(description="overlap: blend idle, busy and (copies) duplex rates by simulated "
+    threads: int = Field(ge=1, description="torch intra-op threads per executor stream thread")
+    contention: str = Field(pattern="^(overlap|idle)$",
+                            description="overlap: blend idle, busy and (copies) duplex rates by simulated "
                                         "overlap (sim.costs.contention); idle: idle rates only")
-    device_memory_bytes: int
-    host_memory_bytes: int
-    launch_s: float
+    device_memory_bytes: int = Field(gt=0)
+    host_memory_bytes: int = Field(gt=0)
+    launch_s: float = Field(ge=0, le=1.0)
     copies: dict[str, Curve] = Field(description="key: direction/memory/condition, e.g. h2d/pinned/idle")
     device_copy: Curve
     gemm: dict[str, GemmTable] = Field(description="key: condition (idle, busy)")
@@ -137,6 +160,20 @@ class HardwareProfile(_Frozen):
     cpu_attention: LinearFit
     op_overhead_s: dict[str, float] = Field(description="executor dispatch cost per op, by op kind")
     notes: list[str] = []
+
+    @model_validator(mode="after")
+    def _complete(self) -> HardwareProfile:
+        if self.dtype not in DTYPE_BYTES:
+            raise ValueError(f"dtype '{self.dtype}': expected one of {', '.join(DTYPE_BYTES)}")
+        if "idle" not in self.gemm:
+            raise ValueError("gemm: needs an 'idle' table")
+        for direction in ("h2d", "d2h"):
+            if not any(k.startswith(f"{direction}/") for k in self.copies):
+                raise ValueError(f"copies: needs a {direction} curve")
+        bad = {k: v for k, v in self.op_overhead_s.items() if not 0 <= v <= 1.0}
+        if bad:
+            raise ValueError(f"op_overhead_s: {next(iter(bad))} must be in [0, 1] s")
+        return self
 
     # -- lookups ----------------------------------------------------------------
     def copy_curve(self, direction: str, pinned: bool, condition: str) -> Curve:
@@ -207,6 +244,11 @@ def load_profile(name_or_path: str | Path, current: dict | None = None) -> Hardw
                            "hssim validate") from None
     try:
         profile = HardwareProfile.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "profile"
+        raise ProfileError(f"{path}: not a valid hssim profile ({where}: {err['msg'].removeprefix('Value error, ')}); "
+                           "fix: recalibrate with hssim validate") from None
     except (ValueError, TypeError) as e:
         first = str(e).splitlines()[0]
         raise ProfileError(f"{path}: not a valid hssim profile ({first}); fix: recalibrate with hssim validate") \

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -46,7 +47,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..presets import HARDWARE, MODELS
-from ..scenario import ScenarioError, load_yaml, pydantic_error, resolve_preset
+from ..scenario import MAX_POINTS, ScenarioError, load_yaml, pydantic_error, resolve_preset
 from ..specs import HardwareSpec, ModelSpec
 from .policies import ServingPolicyKind, ServingPolicySpec
 from .specs import ServingEngineSpec, ServingPoint, TenantSpec
@@ -116,9 +117,11 @@ def _check_fits(source: str, point: ServingPoint, tenant_fields: bool) -> None:
                                 "lower the longest prompt_len / output_len")
         limit = point.tenant_max_request_tokens(i)
         if tokens - 1 > limit:
+            pool = point.tenant_pool(i)
+            fix = (f"lower engine.block_tokens ({point.engine.block_tokens}): one block is larger than the pool"
+                   if limit == 0 else f"raise {prefix}gpu_kv_bytes or lower the longest lengths")
             raise ScenarioError(source, field, f"a request of {prompt} + {output} tokens needs more KV than the "
-                                f"pool's {limit} tokens ({point.tenant_pool(i).base_kv_bytes / 1e9:.2f} GB)",
-                                f"raise {prefix}gpu_kv_bytes or lower the longest lengths")
+                                f"pool's {limit} tokens ({pool.base_kv_bytes / 1e9:.2f} GB)", fix)
 
 
 def _kv_bytes(source: str, value: Any, field: str = "gpu_kv_bytes") -> int | None:
@@ -127,10 +130,10 @@ def _kv_bytes(source: str, value: Any, field: str = "gpu_kv_bytes") -> int | Non
         return None
     try:
         kv = float(value) if not isinstance(value, bool) else -1.0
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         kv = -1.0
-    if not kv > 0 or kv == float("inf"):
-        raise ScenarioError(source, field, f"must be a positive number of bytes, got {value!r}",
+    if not kv >= 1 or kv == float("inf") or kv != int(kv):
+        raise ScenarioError(source, field, f"must be a whole, positive number of bytes, got {str(value)[:40]!r}",
                             "write e.g. 'gpu_kv_bytes: 6.0e9' or leave it out")
     return int(kv)
 
@@ -168,7 +171,7 @@ def _check_tenants(source: str, data: Mapping) -> None:
         field = f"tenants[{i}]"
         if not isinstance(t, Mapping):
             raise ScenarioError(source, field, "must be a mapping", "write '- {name: .., model: .., workload: {..}}'")
-        unknown = sorted(set(t) - TENANT_KEYS)
+        unknown = sorted(map(str, set(t) - TENANT_KEYS))
         if unknown:
             raise ScenarioError(source, f"{field}.{unknown[0]}", "unknown key",
                                 f"use only: {', '.join(sorted(TENANT_KEYS))}")
@@ -203,7 +206,7 @@ def _tenant_specs(source: str, chosen: Mapping, base_dir: Path) -> list[TenantSp
 
 
 def points_from_mapping(data: Mapping, source: str, default_name: str, base_dir: Path) -> list[ServingPoint]:
-    unknown = sorted(set(data) - TOP_KEYS)
+    unknown = sorted(map(str, set(data) - TOP_KEYS))
     if unknown:
         raise ScenarioError(source, unknown[0], "unknown key", f"use only: {', '.join(sorted(TOP_KEYS))}")
     for key in REQUIRED:
@@ -219,7 +222,7 @@ def points_from_mapping(data: Mapping, source: str, default_name: str, base_dir:
         if not isinstance(pol, Mapping) or "kind" not in pol:
             raise ScenarioError(source, f"policies[{idx}]", "each policy needs a kind",
                                 f"write '- {{kind: ...}}' with kind one of: {kinds}")
-        if pol["kind"] not in {k.value for k in ServingPolicyKind}:
+        if not isinstance(pol["kind"], str) or pol["kind"] not in {k.value for k in ServingPolicyKind}:
             raise ScenarioError(source, f"policies[{idx}].kind", f"unknown policy '{pol['kind']}'",
                                 f"use one of: {kinds}")
     sweep = data.get("sweep") or {}
@@ -230,6 +233,12 @@ def points_from_mapping(data: Mapping, source: str, default_name: str, base_dir:
         _check_axis(source, str(axis), values, has_tenants)
     name = str(data.get("name", default_name))
     axes = [str(a) for a in sweep]
+    policies = data.get("policies")
+    count = math.prod(len(v) for v in sweep.values()) * (len(policies) if isinstance(policies, list) else 1)
+    if count > MAX_POINTS:  # before anything is expanded: a sweep of millions would eat memory first
+        sizes = " x ".join(str(len(v)) for v in sweep.values())
+        raise ScenarioError(source, "sweep", f"{count} points ({sizes} values x policies) exceed the limit of "
+                            f"{MAX_POINTS}", "narrow the sweep, or split it into several files")
     points: list[ServingPoint] = []
     for combo in itertools.product(*sweep.values()):
         chosen = copy.deepcopy(dict(data))
