@@ -33,10 +33,13 @@ sweep:
 """
 
 
-#: points big enough (about 0.7 M ops, 0.05-0.1 s each with the compiled replay) that an interruption
-#: lands mid-sweep however fast the simulator gets
+#: points big enough (about 2 M ops, about 0.15 s each with the compiled replay) and many enough (132)
+#: that an interruption sent after the first finished points lands mid-sweep: 36 such points
+#: ran in 5 s in all, and a sweep whose kernels compiled in its workers first could end before it
 SLOW_SCENARIO = (SCENARIO.replace("layers: 4}", "layers: 24}").replace("batch: 16", "batch: 64")
-                 .replace("gen_len: 24}", "gen_len: 384}").replace("num_gpu_batches: 4}", "num_gpu_batches: 16}"))
+                 .replace("gen_len: 24}", "gen_len: 384}").replace("num_gpu_batches: 4}", "num_gpu_batches: 16}")
+                 .replace("policy.kv_ratio: [0.0, 0.25, 0.5, 0.75, 1.0]",
+                          "policy.kv_ratio: [%s]" % ", ".join(f"{i / 20:g}" for i in range(21))))
 
 
 @pytest.fixture
