@@ -39,7 +39,7 @@ sweep:
 SLOW_SCENARIO = (SCENARIO.replace("layers: 4}", "layers: 24}").replace("batch: 16", "batch: 64")
                  .replace("gen_len: 24}", "gen_len: 384}").replace("num_gpu_batches: 4}", "num_gpu_batches: 16}")
                  .replace("policy.kv_ratio: [0.0, 0.25, 0.5, 0.75, 1.0]",
-                          "policy.kv_ratio: [%s]" % ", ".join(f"{i / 20:g}" for i in range(21))))
+                          f"policy.kv_ratio: [{', '.join(f'{i / 20:g}' for i in range(21))}]"))
 
 
 @pytest.fixture
