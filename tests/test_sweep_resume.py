@@ -64,11 +64,18 @@ def check_complete(out: Path, n_points: int) -> pd.DataFrame:
     return df
 
 
+def _terminal_signals() -> None:
+    """In the sweep's process: Ctrl-C's default action, as for a command typed at a terminal. A test
+    run started in the background by a non-interactive shell inherits SIGINT ignored (POSIX), and a
+    sweep rightly keeps an ignored SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _sweep_until(scenario: Path, out: Path, finished: int, output) -> subprocess.Popen:
     """Start `hssim sweep` in its own process group; return once `finished` points are journalled."""
     cmd = [sys.executable, "-m", "hssim.cli", "sweep", str(scenario), "--out", str(out), "--jobs", "2"]
     proc = subprocess.Popen(cmd, stdout=output, stderr=subprocess.STDOUT if output is subprocess.PIPE else output,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_terminal_signals)
     journal = out / JOURNAL
     deadline = time.time() + 120
     while time.time() < deadline and not (journal.exists() and len(journal.read_bytes().splitlines()) >= finished):
