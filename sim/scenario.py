@@ -94,6 +94,9 @@ def resolve_preset(source: str, field: str, value: Any, presets: Mapping[str, An
         raise ScenarioError(source, field, f"expected a preset name or a mapping, got {type(value).__name__}",
                             "write a preset name or a mapping of fields")
     value = dict(value)
+    if cls is HardwareSpec and "profile" in value:
+        raise ScenarioError(source, f"{field}.profile", "a profile is named as the whole hardware, not as a field",
+                            f"write '{field}: PATH.yaml' (or a profile's name)")
     base: dict = {}
     if "preset" in value:
         name = value.pop("preset")
@@ -122,6 +125,11 @@ def _hardware_from_profile(source: str, field: str, name: str) -> HardwareSpec |
     try:
         path = find_profile(name)
     except ProfileError:
+        if relative.suffix in (".yaml", ".yml"):
+            raise ScenarioError(source, field, f"{short_repr(name)}: no such profile file (read from the scenario's "
+                                "folder, then the working directory)",
+                                "give the path of a profile written by `hssim validate --save-profile`, or "
+                                "name a preset") from None
         return None
     try:
         spec = load_profile(path).hardware_spec()

@@ -103,6 +103,9 @@ SCENARIOS: dict[str, tuple[bytes, str]] = {
     "split beyond the positions": (_policy("{kind: kvpr, split_tokens: 100000}").encode(), "split_tokens"),
     "an axis no policy reads": (_policy("{kind: kv-only}", "{policy.split_tokens: [1, 2, 3]}").encode(),
                                 "sweep.policy.split_tokens"),
+    "profile file missing": (BASE.replace("hardware: rtx4090-pcie4", "hardware: /no/such/profile.yaml").encode(),
+                             "no such profile file"),
+    "profile given as a hardware field": (_hw("profile: /no/such/profile.yaml").encode(), "hardware.profile"),
     "profile without an idle GEMM table": (BASE.replace("hardware: rtx4090-pcie4", "hardware: bad-prof.yaml").encode(),
                                            "idle"),
 }
