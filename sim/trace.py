@@ -123,16 +123,18 @@ def _describe(selection) -> str:
     return ",".join(map(str, sorted(selection)))
 
 
+def _selectable(tl: pd.DataFrame, col: str) -> np.ndarray:
+    """The steps, or the layers of the layer stack (the LM head has none), of a timeline's ops."""
+    values = tl[col].to_numpy()
+    return values[_in_stack(tl["kind"].to_numpy(), values)] if col == "layer" else values
+
+
 def _check_selection_keeps_ops(parts, steps, layers) -> None:
     """Refuse a step or layer selection that keeps no op of any part, naming what the run has."""
     for sel, col, what in ((steps, "step", "steps"), (layers, "layer", "layers")):
         if sel is None:
             continue
-        have = np.concatenate([p.timeline[col].to_numpy() for p in parts]) if parts else np.zeros(0, int)
-        if col == "layer":
-            have = np.concatenate([p.timeline[col].to_numpy()[_in_stack(p.timeline["kind"].to_numpy(),
-                                                                         p.timeline[col].to_numpy())]
-                                   for p in parts]) if parts else have
+        have = np.concatenate([_selectable(p.timeline, col) for p in parts] or [np.zeros(0, int)])
         if len(have) and not _mask(sel, have).any():
             option = getattr(sel, "option", "") or f"--trace-{what}"
             raise UserError(f"{option} {_describe(sel)}: the run has {what} {int(have.min())}-{int(have.max())}, "

@@ -108,8 +108,7 @@ def surely_does_not_fit(point: PointSpec) -> bool:
     """True when `known_plan` already exceeds a memory, so `build_schedule` would raise
     `MemoryPlanError`; a search uses it to skip such a candidate without walking its steps
     (False says nothing)."""
-    plan = known_plan(point)
-    return plan.gpu_bytes > plan.gpu_capacity_bytes or plan.host_bytes > plan.host_capacity_bytes
+    return not known_plan(point).fits
 
 
 def payload_counts(point: PointSpec, check_memory: bool = True) -> tuple[list[tuple], np.ndarray]:
@@ -417,11 +416,9 @@ class _BlockBuilder:
         return got
 
     def payload_list(self) -> list[tuple]:
-        """The interned payloads, by index (`schedule.PAYLOAD_FIELDS` order)."""
-        payloads = [None] * len(self.payloads)
-        for key, idx in self.payloads.items():
-            payloads[idx] = key
-        return payloads
+        """The interned payloads, by index (`schedule.PAYLOAD_FIELDS` order): a payload's index is
+        its insertion order in `self.payloads`."""
+        return list(self.payloads)
 
     def build(self, check_memory: bool, compiled: bool | None = None) -> Schedule:
         n, L, k = self.wl.gen_len, self.L, self.k
