@@ -38,6 +38,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results/flexgen_cpu_attention.md")
     args = ap.parse_args()
+    import torch
+
+    torch_version = torch.__version__
     load0 = os.getloadavg()[0]
     t0 = time.time()
     one = bench_flexgen_cpu_attention(SHAPES, threads=1, rounds=15)
@@ -69,7 +72,8 @@ def main() -> None:
         "# FlexGen's CPU attention, step by step, at 1 and 2 threads",
         "",
         f"Command: `python benchmarks/bench_flexgen_cpu_attention.py --out {args.out}`",
-        f"({time.time() - t0:.0f} s; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+        f"({time.time() - t0:.0f} s; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch {torch_version}, Python {platform.python_version()}; "
         f"1-minute load average {load0:.2f} before, {load1:.2f} after).",
         "",
         "The code timed is FlexGen 0.1.8's (`flex_opt.py` `SelfAttention.load_cache` path 1, "
