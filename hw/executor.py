@@ -46,6 +46,7 @@ from ..sim.specs import PointSpec
 from .buffers import DeviceBuffers, HostBuffers, host_pinning
 from .plan import ExecPlan, build_plan, host_hazards
 from .runner import OpRunner
+from .threads import adopt_threads
 from .weights import ModelWeights, random_weights
 
 WAIT_POLL_S = 0.05
@@ -175,9 +176,11 @@ def run_once(schedule: Schedule, runner: OpRunner, backend) -> tuple[np.ndarray,
     abort = threading.Event()
     errors: list[BaseException] = []
     gate = threading.Barrier(len(streams) + 1)
+    intra_op = torch.get_num_threads()
 
     def worker(stream: Stream) -> None:
         try:
+            adopt_threads(intra_op)  # a fresh thread's oneDNN GEMMs would use every CPU (hw/threads.py)
             gate.wait()
             with backend.scope(stream), torch.inference_mode():
                 for op in schedule.stream_ops(stream):

@@ -180,10 +180,12 @@ class Neighbour:
         if self.work is None:
             return self
         torch = require_torch()
+        from ..hw.threads import adopt_threads
+
         threads = torch.get_num_threads()
 
         def loop() -> None:
-            torch.set_num_threads(threads)
+            adopt_threads(threads)  # else its oneDNN GEMMs use every CPU (hw/threads.py)
             with torch.inference_mode():
                 while not self.stop.is_set():
                     self.work()

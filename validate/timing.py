@@ -52,11 +52,15 @@ def busy_neighbour(work: Callable[[], object] | None, backend: str = "cpu") -> I
     if work is None:
         yield
         return
+    import torch
+
+    from ..hw.threads import adopt_threads
+
     stop = threading.Event()
+    intra_op = torch.get_num_threads()  # the caller's count, as the executor's stream threads run
 
     def loop() -> None:
-        import torch
-
+        adopt_threads(intra_op)  # else its oneDNN GEMMs use every CPU (hw/threads.py)
         stream = torch.cuda.Stream() if backend == "cuda" else None
         with torch.inference_mode(), (torch.cuda.stream(stream) if stream else contextlib.nullcontext()):
             while not stop.is_set():
