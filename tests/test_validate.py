@@ -179,6 +179,9 @@ def test_validate_device_cpu_quick_writes_a_complete_finite_report(tmp_path):
     # the saved profile loads back and drives the cost model
     prof = load_profile(out / "profile.yaml")
     assert prof.device["backend"] == "cpu" and prof.op_overhead_s
+    # attention measured beside a copy as well as alone, as GEMMs are
+    assert prof.attention_decode_busy is not None and prof.attention_prefill_busy is not None
+    assert set(pd.read_csv(out / "microbench" / "attention.csv")["condition"]) == {"idle", "busy"}
 
 
 def test_contention_blend_lies_between_idle_and_busy_rates():
@@ -195,6 +198,22 @@ def test_contention_blend_lies_between_idle_and_busy_rates():
     assert lo <= mid <= hi
     same = synthetic_profile(contention="overlap", gemm={"idle": idle.gemm["idle"], "busy": idle.gemm["idle"]})
     assert simulate_contended(sched, same, p.model).makespan_ns == lo
+
+
+def test_attention_beside_a_copy_is_priced_with_its_busy_fit_and_idle_without_one():
+    model = tiny_model(layers=2, hidden=256)
+    p = make_point(model, batch=4, prompt_len=16, gen_len=3, num_gpu_batches=2, kind="kv-only")
+    attn = [op for op in build_schedule(p).ops if op.kind is OpKind.attention]
+    slow = LinearFit(intercept_s=1e-3, per_kv_byte_s=1e-8, per_flop_s=1e-10, per_row_s=0.0, median_ape=0.0)
+    with_busy = synthetic_profile(attention_decode_busy=slow, attention_prefill_busy=slow)
+    without = synthetic_profile()
+    for op in attn:
+        idle = ProfiledCostModel(with_busy, p.model, contended=False).duration_s(op)
+        busy = ProfiledCostModel(with_busy, p.model, contended=True).duration_s(op)
+        assert busy > idle == ProfiledCostModel(without, p.model, contended=False).duration_s(op)
+        assert ProfiledCostModel(without, p.model, contended=True).duration_s(op) < busy
+    # the fits survive a save and a load
+    assert HardwareProfile.model_validate(with_busy.model_dump()).attention_decode_busy == slow
 
 
 def test_contention_blend_charges_opposite_direction_copies_their_duplex_rate():

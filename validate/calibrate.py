@@ -73,6 +73,8 @@ def profile_from_bench(name: str, info: DeviceInfo, bench: BenchResults,
     gemm = {c: GemmTable(rows=[(int(r.m), int(r.n), int(r.k), float(r.seconds)) for r in g.itertuples()])
             for c, g in bench.gemm.groupby("condition")}
     attn = bench.attention
+    cond = attn["condition"] if "condition" in attn else pd.Series("idle", index=attn.index)
+    idle, busy = attn[cond == "idle"], attn[cond == "busy"]
     dev_mem, host_mem = _memory_bytes(bench.backend)
     notes = list(bench.notes)
     notes.append("op_overhead_s: executor dispatch cost per op (Python, thread hand-off, launches), measured on "
@@ -82,8 +84,10 @@ def profile_from_bench(name: str, info: DeviceInfo, bench: BenchResults,
         contention="overlap",
         device_memory_bytes=dev_mem, host_memory_bytes=host_mem, launch_s=float(bench.launch_s),
         copies=copies, device_copy=_curve(bench.device_copy), gemm=gemm,
-        attention_decode=fit_linear(attn[attn["phase"] == "decode"]),
-        attention_prefill=fit_linear(attn[attn["phase"] == "prefill"]),
+        attention_decode=fit_linear(idle[idle["phase"] == "decode"]),
+        attention_prefill=fit_linear(idle[idle["phase"] == "prefill"]),
+        attention_decode_busy=fit_linear(busy[busy["phase"] == "decode"]) if len(busy) else None,
+        attention_prefill_busy=fit_linear(busy[busy["phase"] == "prefill"]) if len(busy) else None,
         cpu_attention=fit_linear(bench.cpu_attention),
         op_overhead_s=dict(op_overhead_s or {}), notes=notes,
     )

@@ -248,10 +248,17 @@ def attention_features(batch: int, heads: int, kv_hidden: int, hidden: int, new:
             "flops": float(4 * batch * pairs * hidden), "rows": float(batch * heads * new)}
 
 
-def bench_attention(backend: str, plan: BenchPlan, dtype) -> pd.DataFrame:
+def bench_attention(backend: str, plan: BenchPlan, dtype, llc: int | None = None) -> pd.DataFrame:
+    """The executor's attention (context concatenation + kernel) by shape, alone (`idle`) and with
+    a weight-sized copy running on the neighbour thread (`busy`), as GEMMs are: in the executor
+    the attention of a layer runs while the next layer's weights and cache are copied."""
     torch = require_torch()
     dev = _device(backend)
     p = torch.empty((), dtype=dtype).element_size()
+    llc = llc_bytes(backend) if llc is None else llc
+    _, layer = neighbour_shapes(plan.models)
+    conditions: dict[str, Callable | None] = {"idle": None,
+                                              "busy": _neighbour_copy(backend, min(layer, 2 * llc), llc)}
     rows = []
     seen = set()
     for m in plan.models:
@@ -262,22 +269,26 @@ def bench_attention(backend: str, plan: BenchPlan, dtype) -> pd.DataFrame:
         attend = attention_kernel(m)
         h, hk2 = m.hidden, 2 * m.kv_hidden
         for b in plan.attn_batch:
+            calls = []
             for ctx in plan.attn_context:
                 q = torch.randn(1, b, h, dtype=dtype, device=dev)
                 past = torch.randn(ctx - 1, b, hk2, dtype=dtype, device=dev)
                 kv = torch.randn(1, b, hk2, dtype=dtype, device=dev)
                 fn = lambda q=q, past=past, kv=kv, attend=attend: attend(q, torch.cat((past, kv)))  # noqa: E731
-                rows.append({"phase": "decode", "batch": b, "hidden": h, "heads": m.heads, "kv_heads": m.kv_heads,
-                             "new": 1, "context": ctx, **attention_features(b, m.heads, m.kv_hidden, h, 1, ctx, p),
-                             "seconds": time_s(fn, backend, plan.min_total_s)})
+                calls.append(({"phase": "decode", "new": 1, "context": ctx,
+                               **attention_features(b, m.heads, m.kv_hidden, h, 1, ctx, p)}, fn))
             for new in plan.prefill_tokens:
                 q = torch.randn(new, b, h, dtype=dtype, device=dev)
                 kv = torch.randn(new, b, hk2, dtype=dtype, device=dev)
-                rows.append({"phase": "prefill", "batch": b, "hidden": h, "heads": m.heads, "kv_heads": m.kv_heads,
-                             "new": new, "context": new,
-                             **attention_features(b, m.heads, m.kv_hidden, h, new, new, p),
-                             "seconds": time_s(lambda q=q, kv=kv, attend=attend: attend(q, kv), backend,
-                                                               plan.min_total_s)})
+                calls.append(({"phase": "prefill", "new": new, "context": new,
+                               **attention_features(b, m.heads, m.kv_hidden, h, new, new, p)},
+                              lambda q=q, kv=kv, attend=attend: attend(q, kv)))
+            for cond, neighbour in conditions.items():
+                with busy_neighbour(neighbour, backend):
+                    for features, fn in calls:
+                        rows.append({"condition": cond, "batch": b, "hidden": h, "heads": m.heads,
+                                     "kv_heads": m.kv_heads, **features,
+                                     "seconds": time_s(fn, backend, plan.min_total_s)})
     return pd.DataFrame(rows)
 
 

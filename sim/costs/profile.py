@@ -157,6 +157,9 @@ class HardwareProfile(_Frozen):
     gemm: dict[str, GemmTable] = Field(description="key: condition (idle, busy)")
     attention_decode: LinearFit
     attention_prefill: LinearFit
+    #: the same kernels measured with the neighbour thread copying (None: not measured, idle is used)
+    attention_decode_busy: LinearFit | None = None
+    attention_prefill_busy: LinearFit | None = None
     cpu_attention: LinearFit
     op_overhead_s: dict[str, float] = Field(description="executor dispatch cost per op, by op kind")
     notes: list[str] = []
@@ -183,6 +186,12 @@ class HardwareProfile(_Frozen):
             if key in self.copies:
                 return self.copies[key]
         raise ProfileError(f"profile {self.name} has no {direction} copy curve")
+
+    def attention_fit(self, decode: bool, condition: str) -> LinearFit:
+        busy = self.attention_decode_busy if decode else self.attention_prefill_busy
+        if condition == "busy" and busy is not None:
+            return busy
+        return self.attention_decode if decode else self.attention_prefill
 
     def gemm_table(self, condition: str) -> GemmTable:
         return self.gemm.get(condition) or self.gemm["idle"]
@@ -345,7 +354,7 @@ class ProfiledCostModel:
         kv_bytes = batch * ctx * 2 * m.kv_hidden * self._p()
         flops = 4 * batch * pairs * m.hidden
         rows = batch * m.heads * new
-        fit = self.profile.attention_decode if new == 1 else self.profile.attention_prefill
+        fit = self.profile.attention_fit(new == 1, self.condition)
         return fit.time_s(kv_bytes, flops, rows)
 
     def _attention_block(self, batch: int, new: int, past: int, store_x: bool = True) -> float:

@@ -142,8 +142,9 @@ def scaled_profile(profile: HardwareProfile, values: Mapping[str, float]) -> Har
         update["gemm"] = {c: GemmTable(rows=[(m, n, k, s * flop) for m, n, k, s in t.rows])
                           for c, t in profile.gemm.items()}
         update["device_copy"] = _scale_curve(profile.device_copy, byte)
-        update["attention_decode"] = _scale_fit(profile.attention_decode, byte, flop)
-        update["attention_prefill"] = _scale_fit(profile.attention_prefill, byte, flop)
+        for name in ("attention_decode", "attention_prefill", "attention_decode_busy", "attention_prefill_busy"):
+            if getattr(profile, name) is not None:
+                update[name] = _scale_fit(getattr(profile, name), byte, flop)
     if "gpu.launch_overhead_s" in tf:
         f = tf["gpu.launch_overhead_s"]
         update["launch_s"] = profile.launch_s * f
