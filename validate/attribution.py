@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +52,7 @@ from .measure import Harness, attention_kernel, harness
 from .microbench import BenchPlan, Sweep, gemm_shapes, llc_bytes, run_microbenchmarks
 from .run import load_1min
 from .suite import validation_set
+from .timing import busy_neighbour
 
 CONDITIONS = ("bench", "bench_cold", "hot", "cold", "neighbour", "executor")
 
@@ -170,37 +170,6 @@ def bench_calls(point: PointSpec, op: Op, cold: bool) -> Callable[[], None] | No
     return call
 
 
-class Neighbour:
-    """Loops `work` on another thread while the body runs."""
-
-    def __init__(self, work: Callable[[], None] | None) -> None:
-        self.work, self.stop, self.thread = work, threading.Event(), None
-
-    def __enter__(self) -> Neighbour:
-        if self.work is None:
-            return self
-        torch = require_torch()
-        from ..hw.threads import adopt_threads
-
-        threads = torch.get_num_threads()
-
-        def loop() -> None:
-            adopt_threads(threads)  # else its oneDNN GEMMs use every CPU (hw/threads.py)
-            with torch.inference_mode():
-                while not self.stop.is_set():
-                    self.work()
-
-        self.thread = threading.Thread(target=loop, name="hssim-neighbour", daemon=True)
-        self.thread.start()
-        time.sleep(0.002)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.thread is not None:
-            self.stop.set()
-            self.thread.join()
-
-
 def _timed(fn: Callable[[], None]) -> float:
     t0 = time.perf_counter()
     fn()
@@ -246,7 +215,8 @@ def attribute(h: Harness, ops: list[Op], rounds: int, say: Callable[[str], None]
                         t = _timed(run)
                     else:
                         nb = near[op.id]
-                        with Neighbour(None if nb is None else (lambda nb=nb: h.run_op(h.schedule.ops[nb]))):
+                        beside = None if nb is None else (lambda nb=nb: h.run_op(h.schedule.ops[nb]))
+                        with busy_neighbour(beside, "cpu"):
                             evict()
                             t = _timed(run)
                 rows.append({"op_id": op.id, "kind": op.kind.value, "condition": cond, "round": r,

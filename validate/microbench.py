@@ -169,6 +169,14 @@ def _neighbour_copy(backend: str, nbytes: int, llc: int, dtype) -> Callable[[], 
                        Sweep(_empty(nbytes, _device(backend), dtype=dtype), llc))
 
 
+def _alone_and_beside_a_copy(backend: str, plan: BenchPlan, dtype, llc: int | None) -> dict[str, Callable | None]:
+    """The conditions compute kernels are timed in: alone (`idle`) and with a copy of a layer's
+    weights (at most twice the last-level cache per call) looping on the neighbour thread (`busy`)."""
+    llc = llc_bytes(backend) if llc is None else llc
+    _, layer = neighbour_shapes(plan.models)
+    return {"idle": None, "busy": _neighbour_copy(backend, min(layer, 2 * llc), llc, dtype)}
+
+
 def neighbour_shapes(models: tuple[ModelSpec, ...]) -> tuple[tuple[int, int], int]:
     """(N, K) of the largest weight GEMM and the bytes of the largest layer: what a stream's neighbour moves."""
     best = max(((nk, nk[0] * nk[1]) for m in models for name, nk in gemm_shapes(m).items() if name != "lm_head"),
@@ -230,9 +238,7 @@ def bench_gemm(backend: str, plan: BenchPlan, dtype, llc: int | None = None) -> 
             old = shapes.get(nk, (bias, ()))
             shapes[nk] = (bias, tuple(sorted(set(old[1]) | set(ms))))
     llc = llc_bytes(backend) if llc is None else llc
-    _, layer = neighbour_shapes(plan.models)
-    conditions: dict[str, Callable | None] = {"idle": None,
-                                              "busy": _neighbour_copy(backend, min(layer, 2 * llc), llc, dtype)}
+    conditions = _alone_and_beside_a_copy(backend, plan, dtype, llc)
     rows = []
     for (n, k), (bias, ms) in shapes.items():
         w = Sweep(torch.randn(n, k, dtype=dtype, device=dev) * 0.02, llc)
@@ -261,10 +267,7 @@ def bench_attention(backend: str, plan: BenchPlan, dtype, llc: int | None = None
     torch = require_torch()
     dev = _device(backend)
     p = torch.empty((), dtype=dtype).element_size()
-    llc = llc_bytes(backend) if llc is None else llc
-    _, layer = neighbour_shapes(plan.models)
-    conditions: dict[str, Callable | None] = {"idle": None,
-                                              "busy": _neighbour_copy(backend, min(layer, 2 * llc), llc, dtype)}
+    conditions = _alone_and_beside_a_copy(backend, plan, dtype, llc)
     rows = []
     seen = set()
     for m in plan.models:
