@@ -181,6 +181,8 @@ def test_validate_device_cpu_quick_writes_a_complete_finite_report(tmp_path):
     assert prof.device["backend"] == "cpu" and prof.op_overhead_s
     # attention measured beside a copy as well as alone, as GEMMs are
     assert prof.attention_decode_busy is not None and prof.attention_prefill_busy is not None
+    # and kept as measured: the table the cost model prices attention from
+    assert set(prof.attention) == {"idle", "busy"}
     assert set(pd.read_csv(out / "microbench" / "attention.csv")["condition"]) == {"idle", "busy"}
 
 

@@ -1,13 +1,15 @@
 """Micro-benchmark results -> a `HardwareProfile`.
 
 Only micro-benchmarks feed the profile: copy curves and the GEMM table are the
-measurements themselves; the attention kernels are non-negative least-squares
-fits (relative error) of time against the context's K,V bytes, FLOPs and query
-rows; the executor's dispatch cost per op kind is measured by running tiny
+measurements themselves, and so is the attention table (what the cost model
+prices attention from); the attention kernels are also summarised as
+non-negative least-squares fits (relative error) of time against the context's
+K,V bytes, FLOPs and query rows (FlexGen's host attention is priced from its
+fit); the executor's dispatch cost per op kind is measured by running tiny
 models (hidden 128: kernel time negligible, so what remains is the Python,
-thread hand-off and launch cost per op) through the executor and subtracting
-the profile's own prediction of their kernels. The validation set never feeds
-the profile.
+thread hand-off and launch cost per op) through the executor and subtracting the
+profile's own prediction of their kernels. The validation set never feeds the
+profile.
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from ..sim.costs.profile import Curve, GemmTable, HardwareProfile, LinearFit, ProfiledCostModel, overhead_key
+from ..sim.costs.profile import (
+    AttentionTable,
+    Curve,
+    GemmTable,
+    HardwareProfile,
+    LinearFit,
+    ProfiledCostModel,
+    overhead_key,
+)
 from ..sim.specs import HardwareSpec, ModelSpec, PointSpec, PolicySpec, WorkloadSpec
 from .device import DeviceInfo, require_torch
 from .measure import WeightCache, measure
@@ -60,6 +70,11 @@ def _curve(df: pd.DataFrame) -> Curve:
     return Curve(bytes=[int(b) for b in g.index], seconds=[float(s) for s in g.to_numpy()])
 
 
+def _attention_table(df: pd.DataFrame) -> AttentionTable:
+    return AttentionTable(rows=[(int(r.batch), int(r.hidden), int(r.heads), int(r.kv_heads), int(r.new),
+                                 int(r.context), float(r.seconds)) for r in df.itertuples()])
+
+
 def _memory_bytes(backend: str) -> tuple[int, int]:
     host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if backend == "cuda":
@@ -88,6 +103,7 @@ def profile_from_bench(name: str, info: DeviceInfo, bench: BenchResults,
         attention_prefill=fit_linear(idle[idle["phase"] == "prefill"]),
         attention_decode_busy=fit_linear(busy[busy["phase"] == "decode"]) if len(busy) else None,
         attention_prefill_busy=fit_linear(busy[busy["phase"] == "prefill"]) if len(busy) else None,
+        attention={c: _attention_table(g) for c, g in (("idle", idle), ("busy", busy)) if len(g)},
         cpu_attention=fit_linear(bench.cpu_attention),
         op_overhead_s=dict(op_overhead_s or {}), notes=notes,
     )

@@ -12,7 +12,8 @@ Each benchmark returns a DataFrame of raw timings (seconds per call):
   models, decode and prefill M values, alone (`idle`) and with a weight-sized copy
   running on the neighbour thread (`busy`);
 - `attention`: the executor's attention (context concatenation + its attention
-  kernel) against batch and context, decode (one new token) and prefill (causal);
+  kernel) against batch and context, decode (one new token, the past K,V cold) and
+  prefill (causal);
 - `cpu_attention`: FlexGen's host-side attention (fp32, host memory), as the executor runs it;
   `bench_flexgen_cpu_attention` times FlexGen's own code of it step by step (not part of a profile);
 - `launch`: the cost of one tiny kernel (launch overhead).
@@ -267,6 +268,7 @@ def bench_attention(backend: str, plan: BenchPlan, dtype, llc: int | None = None
     torch = require_torch()
     dev = _device(backend)
     p = torch.empty((), dtype=dtype).element_size()
+    llc = llc_bytes(backend) if llc is None else llc
     conditions = _alone_and_beside_a_copy(backend, plan, dtype, llc)
     rows = []
     seen = set()
@@ -281,12 +283,14 @@ def bench_attention(backend: str, plan: BenchPlan, dtype, llc: int | None = None
             calls = []
             for ctx in plan.attn_context:
                 q = torch.randn(1, b, h, dtype=dtype, device=dev)
-                past = torch.randn(ctx - 1, b, hk2, dtype=dtype, device=dev)
+                # the past K,V is a load slot the executor filled long before (weights streamed
+                # through the caches since): cold; the new token's Q, K, V were just computed: warm
+                past = Sweep(torch.randn(ctx - 1, b, hk2, dtype=dtype, device=dev), llc)
                 kv = torch.randn(1, b, hk2, dtype=dtype, device=dev)
-                fn = lambda q=q, past=past, kv=kv, attend=attend: attend(q, torch.cat((past, kv)))  # noqa: E731
+                fn = lambda q=q, past=past, kv=kv, attend=attend: attend(q, torch.cat((past.next(), kv)))  # noqa: E731
                 calls.append(({"phase": "decode", "new": 1, "context": ctx,
                                **attention_features(b, m.heads, m.kv_hidden, h, 1, ctx, p)}, fn))
-            for new in plan.prefill_tokens:
+            for new in plan.prefill_tokens:  # Q, K, V just computed by the op's QKV GEMM: warm
                 q = torch.randn(new, b, h, dtype=dtype, device=dev)
                 kv = torch.randn(new, b, hk2, dtype=dtype, device=dev)
                 calls.append(({"phase": "prefill", "new": new, "context": new,

@@ -9,8 +9,9 @@ model can evaluate at any size:
 - the device-memory rate of elementwise work;
 - a GEMM table of measured (M, N, K) -> seconds per condition, interpolated in M
   (log-log) within the nearest measured (N, K);
-- linear fits of the attention kernel time (decode, prefill) and of FlexGen's
-  host attention against the context's K,V bytes, FLOPs and query rows;
+- the attention measurements (decode, prefill) per condition, interpolated like the GEMM
+  table (`AttentionTable`); linear fits of the attention kernel time and of FlexGen's host
+  attention against the context's K,V bytes, FLOPs and query rows;
 - the per-op dispatch cost of the executor by op kind, and the kernel launch cost.
 
 It records the device, driver, torch and CUDA versions, the date, the dtype and
@@ -141,6 +142,81 @@ class GemmTable(_Frozen):
         return {key: ([m for m, _ in sorted(v)], [s for _, s in sorted(v)]) for key, v in by.items()}
 
 
+def _causal_pairs(new: int, past: int) -> int:
+    return new * past + new * (new + 1) // 2
+
+
+def _loglog(xs: list[int], ys: list[float], x: float, work) -> float:
+    """`ys` at `x`, interpolated log-log between measured `xs`; below the smallest the smallest's
+    time (a floor: fixed costs do not shrink), above the largest scaled by `work(x) / work(xs[-1])`."""
+    if x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1] * work(x) / work(xs[-1])
+    return float(np.exp(np.interp(math.log(x), np.log(xs), np.log(ys))))
+
+
+class AttentionTable(_Frozen):
+    """Measured `[batch, hidden, heads, kv_heads, new, context, seconds]` rows of the executor's
+    attention (context concatenation + kernel): decode rows (`new == 1`) and prefill rows
+    (`new == context`, causal).
+
+    Looked up like the GEMM table: within the measured (hidden, heads, kv_heads) nearest the
+    model's, log-log between the measured contexts (decode) or prompt lengths (prefill) of each
+    measured batch, then between batches. The time per K,V byte grows with the context as it
+    leaves the caches (on a 2-vCPU EPYC: 0.8 ns at 0.5 MB, 1.2-1.5 ns at 4 MB), which one linear
+    fit through every shape cannot follow; the table does.
+    """
+
+    rows: list[tuple[int, int, int, int, int, int, float]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _measured(self) -> AttentionTable:
+        for b, h, n, nk, new, ctx, t in self.rows:
+            if min(b, h, n, nk, new, ctx) <= 0 or new > ctx or not 0 < t <= MAX_MEASURED_S:
+                raise ValueError(f"row [{b}, {h}, {n}, {nk}, {new}, {ctx}, {t}]: sizes must be positive, "
+                                 f"new <= context and seconds in (0, {MAX_MEASURED_S:g}]")
+            if new != 1 and new != ctx:
+                raise ValueError(f"row [{b}, {h}, {n}, {nk}, {new}, {ctx}, {t}]: a row is decode (new 1) or "
+                                 "prefill (new = context)")
+        return self
+
+    @cached_property
+    def _groups(self) -> dict[tuple[bool, int, int, int], dict[int, tuple[list[int], list[float]]]]:
+        """(decode, hidden, heads, kv_heads) -> batch -> (sorted tokens, median seconds at each)."""
+        by: dict[tuple[bool, int, int, int], dict[int, dict[int, list[float]]]] = {}
+        for b, h, n, nk, new, ctx, t in self.rows:
+            decode = new == 1 and ctx > 1
+            tokens = ctx if decode else new
+            by.setdefault((decode, h, n, nk), {}).setdefault(b, {}).setdefault(tokens, []).append(t)
+        return {key: {b: (sorted(ts), [float(np.median(ts[x])) for x in sorted(ts)]) for b, ts in batches.items()}
+                for key, batches in by.items()}
+
+    def time_s(self, batch: int, hidden: int, heads: int, kv_heads: int, new: int, past: int) -> float:
+        if batch <= 0 or new <= 0:
+            return 0.0
+        decode = new == 1 and past > 0
+        groups = [g for g in self._groups if g[0] == decode] or list(self._groups)
+        key = (decode, hidden, heads, kv_heads)
+        scale = 1.0
+        if key not in self._groups:
+            key = min(groups, key=lambda g: abs(math.log(g[1] / hidden)) + abs(math.log((g[2] / g[3]) /
+                                                                                     (heads / kv_heads))))
+            # the context's K,V bytes (decode) or the score FLOPs (prefill) scale with these widths
+            scale = (hidden * kv_heads / heads) / (key[1] * key[3] / key[2]) if decode else hidden / key[1]
+        by_batch = self._groups[key]
+        if decode:
+            tokens, work = past + 1, (lambda x: x)
+        else:
+            tokens, work = new, (lambda x: _causal_pairs(x, 0))
+        batches = sorted(by_batch)
+        at = [_loglog(*by_batch[b], tokens, work) for b in batches]
+        t = _loglog(batches, at, batch, lambda x: x)
+        if not decode and past > 0:  # new queries after a past: more pairs than a plain prefill of `new`
+            t *= _causal_pairs(new, past) / _causal_pairs(new, 0)
+        return t * scale
+
+
 class HardwareProfile(_Frozen):
     name: str
     device: dict[str, str | int]
@@ -160,6 +236,9 @@ class HardwareProfile(_Frozen):
     #: the same kernels measured with the neighbour thread copying (None: not measured, idle is used)
     attention_decode_busy: LinearFit | None = None
     attention_prefill_busy: LinearFit | None = None
+    #: the attention measurements themselves, key: condition (idle, busy); priced from where present,
+    #: the fits above otherwise (profiles measured before the table existed)
+    attention: dict[str, AttentionTable] | None = None
     cpu_attention: LinearFit
     op_overhead_s: dict[str, float] = Field(description="executor dispatch cost per op, by op kind")
     notes: list[str] = []
@@ -170,6 +249,10 @@ class HardwareProfile(_Frozen):
             raise ValueError(f"dtype '{self.dtype}': expected one of {', '.join(DTYPE_BYTES)}")
         if "idle" not in self.gemm:
             raise ValueError("gemm: needs an 'idle' table")
+        if self.attention is not None:
+            idle = self.attention.get("idle")
+            if idle is None or {g[0] for g in idle._groups} != {True, False}:
+                raise ValueError("attention: needs an 'idle' table with decode and prefill rows")
         for direction in ("h2d", "d2h"):
             if not any(k.startswith(f"{direction}/") for k in self.copies):
                 raise ValueError(f"copies: needs a {direction} curve")
@@ -192,6 +275,11 @@ class HardwareProfile(_Frozen):
         if condition == "busy" and busy is not None:
             return busy
         return self.attention_decode if decode else self.attention_prefill
+
+    def attention_table(self, condition: str) -> AttentionTable | None:
+        if not self.attention:
+            return None
+        return self.attention.get(condition) or self.attention.get("idle")
 
     def gemm_table(self, condition: str) -> GemmTable:
         return self.gemm.get(condition) or self.gemm["idle"]
@@ -354,6 +442,9 @@ class ProfiledCostModel:
         kv_bytes = batch * ctx * 2 * m.kv_hidden * self._p()
         flops = 4 * batch * pairs * m.hidden
         rows = batch * m.heads * new
+        table = self.profile.attention_table(self.condition)
+        if table is not None:
+            return table.time_s(batch, m.hidden, m.heads, m.kv_heads, new, past) * self._width_scale()
         fit = self.profile.attention_fit(new == 1, self.condition)
         return fit.time_s(kv_bytes, flops, rows)
 

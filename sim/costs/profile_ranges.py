@@ -6,8 +6,8 @@ the spec's (value: what the profile prices with):
 
 | figure | what of the profile it scales |
 |---|---|
-| `gpu.peak_flops` | the GEMM tables (best measured rate) and the attention fits' per-FLOP term |
-| `gpu.hbm_Bps` | the device-copy curve (elementwise rate) and the attention fits' per-byte term |
+| `gpu.peak_flops` | the GEMM tables (best rate), attention tables' prefill rows, fits' per-FLOP term |
+| `gpu.hbm_Bps` | the device-copy curve (elementwise rate), attention tables' decode rows, fits' per-byte term |
 | `gpu.launch_overhead_s` | the launch cost and the per-op dispatch costs |
 | `link.<dir>_<memory>_Bps` | that direction's copy curves of that memory kind, every condition |
 | `host.memory_Bps` | the per-byte term of the CPU-attention fit (its rate is 1 / that term) |
@@ -29,7 +29,7 @@ import statistics
 from collections.abc import Mapping
 
 from ..uncertainty import RELATIVE_RANGE, FigureRange, SourceKind
-from .profile import Curve, GemmTable, HardwareProfile, LinearFit
+from .profile import AttentionTable, Curve, GemmTable, HardwareProfile, LinearFit
 
 #: the least half-width of a calibrated figure: timer and run-to-run noise of a median of three rounds
 MIN_SPREAD = 0.02
@@ -145,6 +145,12 @@ def scaled_profile(profile: HardwareProfile, values: Mapping[str, float]) -> Har
         for name in ("attention_decode", "attention_prefill", "attention_decode_busy", "attention_prefill_busy"):
             if getattr(profile, name) is not None:
                 update[name] = _scale_fit(getattr(profile, name), byte, flop)
+        if profile.attention:
+            # decode attention streams the context's K,V (a byte rate); prefill is score FLOPs
+            update["attention"] = {
+                c: AttentionTable(rows=[(b, h, n, nk, new, ctx, s * (byte if new == 1 < ctx else flop))
+                                        for b, h, n, nk, new, ctx, s in t.rows])
+                for c, t in profile.attention.items()}
     if "gpu.launch_overhead_s" in tf:
         f = tf["gpu.launch_overhead_s"]
         update["launch_s"] = profile.launch_s * f
