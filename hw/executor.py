@@ -221,6 +221,8 @@ class Measurement:
     captured: dict[int, torch.Tensor] = field(default_factory=dict)
     host: HostBuffers | None = None  # the host buffers after the last run (cache, token ids)
     copied: dict[int, int] = field(default_factory=dict)  # link op id -> bytes it copied (last run)
+    #: every timed run, in the order run (the median one among them): how far repeats differ
+    repeats: list[SimResult] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:
         return run_metrics(self.result)
@@ -306,6 +308,7 @@ def measure_point(point: PointSpec, device: str = "cpu", repeats: int = 3, warmu
         device_name=torch.cuda.get_device_name() if device == "cuda" else "cpu",
         pinned=pinning["weights"], host_memory=host.memory(), host_bytes=host.nbytes(),
         runs_s=[r[0] / 1e9 for r in runs],
+        repeats=[SimResult(schedule, duration_ns=e - s, start_ns=s, end_ns=e) for _, s, e in runs],
         tokens=tokens.reshape(wl.gen_len, wl.batch).T.numpy().copy(),
         captured=captured, host=host, copied=dict(copied),
     )

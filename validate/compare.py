@@ -4,6 +4,10 @@ APE is the absolute percentage error |predicted - measured| / measured. A decode
 step's time is the end of its last op minus the end of the previous step's last
 op (the prefill's for step 1). Overlap is the share of link-busy time (H2D or
 D2H) during which the compute stream was also busy.
+
+The repeat spread is the same error with another timed run of the same point as
+the prediction: how far the measurement moves between repeats, a floor under
+what any prediction of one run can reach.
 """
 
 from __future__ import annotations
@@ -91,6 +95,20 @@ def point_errors(sim_tl: pd.DataFrame, meas_tl: pd.DataFrame) -> tuple[dict[str,
              "step_ape_median": float(dec["ape"].median()) if len(dec) else float("nan")}, steps)
 
 
+def repeat_spread(compared_tl: pd.DataFrame, repeat_tls: list[pd.DataFrame]) -> tuple[float, pd.Series]:
+    """(end-to-end, per step) APE of the other timed runs against the compared one, median over them;
+    NaN where there was only one run."""
+    ms = step_times(compared_tl)
+    others = [tl for tl in repeat_tls if not tl[["start_s", "end_s"]].equals(compared_tl[["start_s", "end_s"]])]
+    if not others:
+        return float("nan"), pd.Series(np.nan, index=ms.index)
+    meas_m = float(compared_tl["end_s"].max())
+    e2e = float(np.median([ape(float(tl["end_s"].max()), meas_m) for tl in others]))
+    per_step = np.median(np.vstack([ape(step_times(tl).reindex(ms.index).to_numpy(), ms.to_numpy())
+                                    for tl in others]), axis=0)
+    return e2e, pd.Series(per_step, index=ms.index)
+
+
 def kind_errors(ops: pd.DataFrame) -> pd.DataFrame:
     g = ops.groupby("kind")
     out = pd.DataFrame({
@@ -113,4 +131,9 @@ def summary(points: pd.DataFrame, steps: pd.DataFrame) -> dict[str, float]:
         "step_ape_median": float(dec["ape"].median()),
         "step_ape_p95": float(dec["ape"].quantile(0.95)),
         "decode_steps": int(len(dec)),
+        **({"repeat_e2e_ape_median": float(points["repeat_e2e_ape"].median()),
+            "repeat_e2e_ape_p95": float(points["repeat_e2e_ape"].quantile(0.95)),
+            "repeat_step_ape_median": float(dec["repeat_ape"].median()),
+            "repeat_step_ape_p95": float(dec["repeat_ape"].quantile(0.95))}
+           if "repeat_ape" in steps and dec["repeat_ape"].notna().any() else {}),
     }

@@ -29,6 +29,7 @@ class Measured:
     device_name: str
     host_memory: str  # the streamed weights' host memory: "pinned" or "pageable"
     host_cache_memory: str = "pinned"  # the host K,V / activations: "pinned", "pageable" (FlexGen) or "mixed"
+    repeats: tuple[SimResult, ...] = ()  # every timed run, `result` among them
 
 
 class WeightCache:
@@ -60,7 +61,7 @@ def measure(point: PointSpec, backend: str, repeats: int, warmup: int, weights: 
         raise MeasureError(str(e)) from None
     return Measured(point=point, schedule=m.schedule, result=m.result, runs_s=tuple(m.runs_s),
                     device_name=m.device_name, host_memory=m.host_memory["weights"],
-                    host_cache_memory=m.host_memory["cache"])
+                    host_cache_memory=m.host_memory["cache"], repeats=tuple(m.repeats))
 
 
 def attention_kernel(model: ModelSpec):

@@ -139,6 +139,7 @@ def _markdown(run: ValidationRun, command: str, summ: dict, kinds: pd.DataFrame,
         f"| end-to-end time ({summ['points']} points) | {_pct(summ['e2e_ape_median'])} | {_pct(summ['e2e_ape_p95'])} |",
         f"| per-decode-step time ({summ['decode_steps']} steps) | {_pct(summ['step_ape_median'])} | "
         f"{_pct(summ['step_ape_p95'])} |",
+        *_repeat_rows(summ),
         "",
         goal,
         "",
@@ -176,6 +177,20 @@ def _markdown(run: ValidationRun, command: str, summ: dict, kinds: pd.DataFrame,
         "",
     ]
     return "\n".join(lines)
+
+
+def _repeat_rows(summ: dict) -> list[str]:
+    """The measurement's own spread: another timed run of the same point taken as the prediction."""
+    if "repeat_step_ape_p95" not in summ:
+        return []
+    return [f"| repeat spread, end to end: another timed run as the prediction | "
+            f"{_pct(summ['repeat_e2e_ape_median'])} | {_pct(summ['repeat_e2e_ape_p95'])} |",
+            f"| repeat spread, per decode step | {_pct(summ['repeat_step_ape_median'])} | "
+            f"{_pct(summ['repeat_step_ape_p95'])} |",
+            "",
+            "The repeat spread (columns `repeat_e2e_ape` of `points.csv`, `repeat_ape` of `steps.csv`) is how far "
+            "the measurement itself moves between timed runs of the same point: no prediction of one run can be "
+            "expected to come closer than that."]
 
 
 def _load_note(run: ValidationRun) -> list[str]:

@@ -21,7 +21,7 @@ from ..sim.costs.profile import HardwareProfile, ProfiledCostModel, load_profile
 from ..sim.engine import simulate
 from ..sim.specs import PointSpec
 from .calibrate import measure_dispatch, profile_from_bench
-from .compare import join_ops, overlap, point_errors
+from .compare import join_ops, overlap, point_errors, repeat_spread
 from .device import DeviceInfo, device_info
 from .measure import WeightCache, measure
 from .microbench import BenchResults, run_microbenchmarks
@@ -132,6 +132,8 @@ def run_validation(backend: str, size: str, profile: str | Path | None = None,
         sim_tl, meas_tl = sim.timeline(), meas.result.timeline()
         ops = join_ops(sim_tl, meas_tl)
         row, steps = point_errors(sim_tl, meas_tl)
+        repeat_e2e, repeat_steps = repeat_spread(meas_tl, [r.timeline() for r in meas.repeats])
+        steps["repeat_ape"] = steps["step"].map(repeat_steps)
         # what the same schedule costs under the roofline default and under idle (uncontended) rates
         roof = simulate(meas.schedule, RooflineCostModel(hardware)).makespan_s
         idle = simulate(meas.schedule, ProfiledCostModel(prof, point.model, contended=False)).makespan_s
@@ -140,7 +142,8 @@ def run_validation(backend: str, size: str, profile: str | Path | None = None,
         row = {"point": i, "label": _label(point), "model": point.model.name, "layers": point.model.layers,
                "batch": point.workload.batch, "prompt_len": point.workload.prompt_len,
                "gen_len": point.workload.gen_len, "policy": point.policy.label, "ops": len(meas.schedule.ops),
-               **row, "runs_s": ";".join(f"{r:.4f}" for r in meas.runs_s), "host_memory": meas.host_memory,
+               **row, "repeat_e2e_ape": repeat_e2e, "runs_s": ";".join(f"{r:.4f}" for r in meas.runs_s),
+               "host_memory": meas.host_memory,
                "host_cache_memory": meas.host_cache_memory, "load_1min": max(load, load_1min()),
                "roofline_makespan_s": roof, "roofline_e2e_ape": abs(roof - row["makespan_meas_s"])
                / row["makespan_meas_s"], "idle_rates_makespan_s": idle,
