@@ -70,6 +70,13 @@ def _curve(df: pd.DataFrame) -> Curve:
     return Curve(bytes=[int(b) for b in g.index], seconds=[float(s) for s in g.to_numpy()])
 
 
+def _condition(df: pd.DataFrame, condition: str) -> pd.DataFrame:
+    """The rows of one condition (tables measured before conditions existed are all `idle`)."""
+    if "condition" not in df:
+        return df if condition == "idle" else df.iloc[0:0]
+    return df[df["condition"] == condition]
+
+
 def _attention_table(df: pd.DataFrame) -> AttentionTable:
     return AttentionTable(rows=[(int(r.batch), int(r.hidden), int(r.heads), int(r.kv_heads), int(r.new),
                                  int(r.context), float(r.seconds)) for r in df.itertuples()])
@@ -104,7 +111,8 @@ def profile_from_bench(name: str, info: DeviceInfo, bench: BenchResults,
         attention_decode_busy=fit_linear(busy[busy["phase"] == "decode"]) if len(busy) else None,
         attention_prefill_busy=fit_linear(busy[busy["phase"] == "prefill"]) if len(busy) else None,
         attention={c: _attention_table(g) for c, g in (("idle", idle), ("busy", busy)) if len(g)},
-        cpu_attention=fit_linear(bench.cpu_attention),
+        cpu_attention=fit_linear(_condition(bench.cpu_attention, "idle")),
+        cpu_attention_busy=fit_linear(busy_cpu) if len(busy_cpu := _condition(bench.cpu_attention, "busy")) else None,
         op_overhead_s=dict(op_overhead_s or {}), notes=notes,
     )
 

@@ -14,7 +14,8 @@ Each benchmark returns a DataFrame of raw timings (seconds per call):
 - `attention`: the executor's attention (context concatenation + its attention
   kernel) against batch and context, decode (one new token, the past K,V cold) and
   prefill (causal);
-- `cpu_attention`: FlexGen's host-side attention (fp32, host memory), as the executor runs it;
+- `cpu_attention`: FlexGen's host-side attention (fp32, host memory, the cache cold), as the
+  executor runs it, alone and beside a copy;
   `bench_flexgen_cpu_attention` times FlexGen's own code of it step by step (not part of a profile);
 - `launch`: the cost of one tiny kernel (launch overhead).
 
@@ -305,9 +306,16 @@ def bench_attention(backend: str, plan: BenchPlan, dtype, llc: int | None = None
     return pd.DataFrame(rows)
 
 
-def bench_cpu_attention(plan: BenchPlan, dtype) -> pd.DataFrame:
-    """FlexGen's host attention as the executor runs it: fp32 over the host cache."""
+def bench_cpu_attention(backend: str, plan: BenchPlan, dtype, llc: int | None = None) -> pd.DataFrame:
+    """FlexGen's host attention as the executor runs it (`hw/runner.py` `_cpu_attention`): append the
+    new token's K,V to the host cache, attend in fp32 over it, write the result for the load back.
+    The cache is cold (a host cache entry was last written a step before, layers of weights ago); the
+    new Q, K, V are warm (just stored). Alone (`idle`) and beside a copy of a layer's weights on
+    the neighbour thread (`busy`): in the executor the host attention runs while the next layer's
+    weights are loaded."""
     torch = require_torch()
+    llc = llc_bytes("cpu") if llc is None else llc
+    conditions = _alone_and_beside_a_copy(backend, plan, dtype, llc if backend == "cpu" else None)
     rows = []
     seen = set()
     for m in plan.models:
@@ -318,17 +326,23 @@ def bench_cpu_attention(plan: BenchPlan, dtype) -> pd.DataFrame:
         h, hk2 = m.hidden, 2 * m.kv_hidden
         p = torch.empty((), dtype=dtype).element_size()
         for b in plan.attn_batch:
+            calls = []
             for ctx in plan.attn_context:
                 qkv = torch.randn(b, h + hk2, dtype=dtype)
-                cache = torch.randn(ctx, b, hk2, dtype=dtype)
+                cache = Sweep(torch.randn(ctx, b, hk2, dtype=dtype), llc)
+                out = torch.empty(b, h, dtype=dtype)
 
-                def fn(qkv=qkv, cache=cache, attend=attend, h=h):
-                    cache[-1].copy_(qkv[:, h:])
-                    return attend(qkv[None, :, :h].float(), cache.float())
+                def fn(qkv=qkv, cache=cache, out=out, attend=attend, h=h):
+                    kv = cache.next()
+                    kv[-1].copy_(qkv[:, h:])
+                    out.copy_(attend(qkv[None, :, :h].float(), kv.float())[0])
 
-                rows.append({"batch": b, "hidden": h, "heads": m.heads, "kv_heads": m.kv_heads, "context": ctx,
-                             **attention_features(b, m.heads, m.kv_hidden, h, 1, ctx, p),
-                             "seconds": time_s(fn, "cpu", plan.min_total_s)})
+                calls.append(({"batch": b, "hidden": h, "heads": m.heads, "kv_heads": m.kv_heads, "context": ctx,
+                               **attention_features(b, m.heads, m.kv_hidden, h, 1, ctx, p)}, fn))
+            for cond, neighbour in conditions.items():
+                with busy_neighbour(neighbour, backend):
+                    for features, fn in calls:
+                        rows.append({"condition": cond, **features, "seconds": time_s(fn, "cpu", plan.min_total_s)})
     return pd.DataFrame(rows)
 
 
@@ -455,7 +469,7 @@ def run_microbenchmarks(backend: str, plan: BenchPlan, progress: Callable[[str],
     # FlexGen's CPU attention runs on the host with the host's threads (all of them next to a GPU)
     with _threads(threads if backend == "cpu" else torch.get_num_threads()), torch.inference_mode():
         say("CPU attention")
-        cpu_attn = bench_cpu_attention(plan, dtype)
+        cpu_attn = bench_cpu_attention(backend, plan, dtype)
     notes = []
     if backend == "cpu":
         notes.append("CPU backend: host and 'device' are the same memory; pinned memory needs CUDA, so only "

@@ -1,8 +1,8 @@
 """Simulation with contention between the executor's streams (two passes or more).
 
 On the CPU backend the "GPU" and the "link" are threads sharing cores and memory
-bandwidth: a GEMM runs slower while a copy is running on the neighbour thread,
-and a copy runs slower while a GEMM is. On a GPU a kernel and a copy share the
+bandwidth: a GEMM (and FlexGen's host attention) runs slower while a copy is running on the
+neighbour thread, and a copy runs slower while a GEMM is. On a GPU a kernel and a copy share the
 HBM, and an H2D and a D2H copy share the link and the host's memory (the
 `duplex` curves). The profile has each rate (`idle`, measured alone; `busy`,
 measured with the other side always busy; for copies also `duplex`, with the
@@ -69,15 +69,21 @@ def _share(s: np.ndarray, e: np.ndarray, mask: np.ndarray, other: np.ndarray) ->
 
 
 def overlap_shares(schedule: Schedule, result: SimResult) -> tuple[np.ndarray, np.ndarray]:
-    """Per op: (share of its interval during which the other side, compute vs. link, was busy;
-    for a copy, the share during which the opposite link direction was busy, else 0)."""
+    """Per op: (share of its interval during which the other side, compute vs. link, was busy (for
+    a host-stream op, the link); for a copy, the share during which the opposite link direction
+    was busy, else 0). Copies count only the compute stream as their other side: their `busy`
+    rate was measured beside a GEMM."""
     stream = np.array([op.stream.value for op in schedule.ops])
     s, e = result.start_ns, result.end_ns
     comp, h2d, d2h = stream == Stream.compute.value, stream == Stream.h2d.value, stream == Stream.d2h.value
+    host = stream == Stream.cpu.value
     links = h2d | d2h
     side, duplex = np.zeros(len(stream)), np.zeros(len(stream))
+    link_ivs = union_intervals(s[links], e[links])
     if comp.any():
-        side[comp] = _share(s, e, comp, union_intervals(s[links], e[links]))
+        side[comp] = _share(s, e, comp, link_ivs)
+    if host.any():  # host attention shares the host's memory with the copies (its `busy` fit: beside one)
+        side[host] = _share(s, e, host, link_ivs)
     if links.any():
         side[links] = _share(s, e, links, union_intervals(s[comp], e[comp]))
     for mask, other in ((h2d, d2h), (d2h, h2d)):

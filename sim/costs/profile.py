@@ -240,6 +240,8 @@ class HardwareProfile(_Frozen):
     #: the fits above otherwise (profiles measured before the table existed)
     attention: dict[str, AttentionTable] | None = None
     cpu_attention: LinearFit
+    #: FlexGen's host attention measured beside a copy (None: not measured, idle is used)
+    cpu_attention_busy: LinearFit | None = None
     op_overhead_s: dict[str, float] = Field(description="executor dispatch cost per op, by op kind")
     notes: list[str] = []
 
@@ -482,7 +484,8 @@ class ProfiledCostModel:
         if kind is OpKind.cpu_attention:
             past = s["past_tokens"]
             ctx = past + 1
-            f = self.profile.cpu_attention
+            busy = self.profile.cpu_attention_busy
+            f = busy if self.condition == "busy" and busy is not None else self.profile.cpu_attention
             t = f.time_s(b * ctx * 2 * m.kv_hidden * self._p(), 4 * b * ctx * m.hidden, b * m.heads)
         elif kind is OpKind.attention:
             t = self._attention_block(b, s["new_tokens"], s["past_tokens"])

@@ -163,4 +163,7 @@ def scaled_profile(profile: HardwareProfile, values: Mapping[str, float]) -> Har
     if "host.memory_Bps" in tf or "cpu.flops" in tf:
         update["cpu_attention"] = _scale_fit(profile.cpu_attention, tf.get("host.memory_Bps", 1.0),
                                              tf.get("cpu.flops", 1.0))
+        if profile.cpu_attention_busy is not None:
+            update["cpu_attention_busy"] = _scale_fit(profile.cpu_attention_busy, tf.get("host.memory_Bps", 1.0),
+                                                      tf.get("cpu.flops", 1.0))
     return profile.model_copy(update=update)
