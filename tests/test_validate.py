@@ -320,3 +320,30 @@ def test_attribution_reproduces_each_ops_kernels_warm_and_cold():
             if fn is not None:
                 fn()
                 fn()
+
+
+def test_interleaved_timing_spreads_each_callables_samples_over_the_passes():
+    from hssim.validate.timing import time_interleaved
+
+    order: list[int] = []
+    fns = [lambda i=i: order.append(i) for i in range(3)]
+    times = time_interleaved(fns, "cpu", min_total_s=0.0, passes=4)
+    assert len(times) == 3 and all(t > 0 for t in times)
+    timed = order[6:]  # after two untimed calls each (warm-up, one to size the rounds)
+    assert timed == [0, 1, 2] * 4  # one round of each per pass, passes in turn
+
+
+def test_a_slow_spell_falls_on_one_sample_and_the_median_drops_it():
+    import time as _time
+
+    from hssim.validate.timing import time_interleaved
+
+    calls = {"n": 0}
+
+    def spell():  # every call of one pass is slowed, as a noisy neighbour would
+        calls["n"] += 1
+        _time.sleep(0.02 if 6 < calls["n"] <= 9 else 0.001)
+
+    fns = [spell, spell, spell]
+    times = time_interleaved(fns, "cpu", min_total_s=0.0, passes=5)
+    assert all(t < 0.01 for t in times)

@@ -30,6 +30,11 @@ A benchmark that repeats one call on the same tensors measures the cache instead
 call, and each call of a busy neighbour, takes the next slice of a `Sweep`: a
 pool of operand copies larger than twice the last-level cache (`llc_bytes`), so
 no call finds what it reads in the cache.
+
+GEMMs, attention and host attention are timed interleaved (`timing.time_interleaved`):
+their samples are taken in passes over all the shapes of a condition (attention: of a
+batch), so a slow spell of a shared machine costs one sample of many shapes, not every
+sample of a few.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ import pandas as pd
 from ..sim.specs import FFNKind, ModelSpec
 from .device import executor_threads, require_torch
 from .measure import attention_kernel
-from .timing import busy_neighbour, time_s
+from .timing import busy_neighbour, time_interleaved, time_s
 
 TORCH_DTYPE_NAMES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
@@ -241,16 +246,18 @@ def bench_gemm(backend: str, plan: BenchPlan, dtype, llc: int | None = None) -> 
             shapes[nk] = (bias, tuple(sorted(set(old[1]) | set(ms))))
     llc = llc_bytes(backend) if llc is None else llc
     conditions = _alone_and_beside_a_copy(backend, plan, dtype, llc)
-    rows = []
+    calls = []
     for (n, k), (bias, ms) in shapes.items():
         w = Sweep(torch.randn(n, k, dtype=dtype, device=dev) * 0.02, llc)
         b = torch.zeros(n, dtype=dtype, device=dev) if bias else None
         for mrows in ms:
             x = torch.randn(mrows, k, dtype=dtype, device=dev)
-            for cond, neighbour in conditions.items():
-                with busy_neighbour(neighbour, backend):
-                    t = time_s(lambda x=x, w=w, b=b: F.linear(x, w.next(), b), backend, plan.min_total_s)
-                rows.append({"condition": cond, "m": mrows, "n": n, "k": k, "seconds": t})
+            calls.append(({"m": mrows, "n": n, "k": k}, lambda x=x, w=w, b=b: F.linear(x, w.next(), b)))
+    rows = []
+    for cond, neighbour in conditions.items():
+        with busy_neighbour(neighbour, backend):  # every shape's samples spread over the whole condition
+            times = time_interleaved([fn for _, fn in calls], backend, plan.min_total_s)
+        rows += [{"condition": cond, **shape, "seconds": t} for (shape, _), t in zip(calls, times, strict=True)]
     return pd.DataFrame(rows)
 
 
@@ -299,10 +306,9 @@ def bench_attention(backend: str, plan: BenchPlan, dtype, llc: int | None = None
                               lambda q=q, kv=kv, attend=attend: attend(q, kv)))
             for cond, neighbour in conditions.items():
                 with busy_neighbour(neighbour, backend):
-                    for features, fn in calls:
-                        rows.append({"condition": cond, "batch": b, "hidden": h, "heads": m.heads,
-                                     "kv_heads": m.kv_heads, **features,
-                                     "seconds": time_s(fn, backend, plan.min_total_s)})
+                    times = time_interleaved([fn for _, fn in calls], backend, plan.min_total_s)
+                rows += [{"condition": cond, "batch": b, "hidden": h, "heads": m.heads, "kv_heads": m.kv_heads,
+                          **features, "seconds": t} for (features, _), t in zip(calls, times, strict=True)]
     return pd.DataFrame(rows)
 
 
@@ -341,8 +347,9 @@ def bench_cpu_attention(backend: str, plan: BenchPlan, dtype, llc: int | None = 
                                **attention_features(b, m.heads, m.kv_hidden, h, 1, ctx, p)}, fn))
             for cond, neighbour in conditions.items():
                 with busy_neighbour(neighbour, backend):
-                    for features, fn in calls:
-                        rows.append({"condition": cond, **features, "seconds": time_s(fn, "cpu", plan.min_total_s)})
+                    times = time_interleaved([fn for _, fn in calls], "cpu", plan.min_total_s)
+                rows += [{"condition": cond, **features, "seconds": t}
+                         for (features, _), t in zip(calls, times, strict=True)]
     return pd.DataFrame(rows)
 
 

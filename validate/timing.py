@@ -4,6 +4,14 @@
 after one untimed warm-up call) and returns the median seconds per call over
 `rounds` rounds; on CUDA each round is bracketed by `synchronize`, so the time
 includes the kernels, not only their launch.
+
+`time_interleaved` times many callables the same way but takes their rounds in
+passes over all of them, so that each one's samples are spread over the whole
+measurement: on a shared machine a slow spell of a few seconds (another tenant
+using the memory bus) then falls on one sample of many callables, which the
+median drops, rather than on every sample of the few timed during it. On a
+2-vCPU VM, timing each GEMM shape's rounds back to back, two calibrations minutes
+apart differed by up to 1.44x on whole groups of consecutive shapes.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import contextlib
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 
 def _sync(backend: str) -> None:
@@ -40,6 +48,30 @@ def time_s(fn: Callable[[], object], backend: str, min_total_s: float = 0.02, ro
         _sync(backend)
         samples.append((time.perf_counter() - t0) / iters)
     return statistics.median(samples)
+
+
+def time_interleaved(fns: Sequence[Callable[[], object]], backend: str, min_total_s: float = 0.02,
+                     passes: int = 5, max_iters: int = 200) -> list[float]:
+    """Median seconds per call of each of `fns`, its `passes` samples taken one per pass over all of them."""
+    iters = []
+    for fn in fns:
+        fn()
+        _sync(backend)
+        t0 = time.perf_counter()
+        fn()
+        _sync(backend)
+        once = max(time.perf_counter() - t0, 1e-7)
+        iters.append(int(min(max_iters, max(1, min_total_s / passes / once))))
+    samples: list[list[float]] = [[] for _ in fns]
+    for _ in range(passes):
+        for fn, n, got in zip(fns, iters, samples, strict=True):
+            _sync(backend)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            _sync(backend)
+            got.append((time.perf_counter() - t0) / n)
+    return [statistics.median(got) for got in samples]
 
 
 @contextlib.contextmanager
