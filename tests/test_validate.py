@@ -165,6 +165,9 @@ def test_validate_device_cpu_quick_writes_a_complete_finite_report(tmp_path):
     assert points["load_1min"].notna().all() and "load_1min_max" in summ and "overloaded" in summ
     assert set(points["host_cache_memory"]) == {"pageable"}  # the CPU backend never pins
     assert np.isfinite(points[["makespan_sim_s", "makespan_meas_s", "e2e_ape"]].to_numpy()).all()
+    # the machine's drift since calibration, measured before every point
+    probe = points[["probe_gemm_ratio", "probe_copy_ratio"]].to_numpy()
+    assert np.isfinite(probe).all() and (probe > 0).all()
     kinds = pd.read_csv(out / "kinds.csv")
     assert np.isfinite(kinds[["ape_median", "sim_total_s", "meas_total_s"]].to_numpy()).all()
     text = (out / "README.md").read_text()
@@ -347,3 +350,15 @@ def test_a_slow_spell_falls_on_one_sample_and_the_median_drops_it():
     fns = [spell, spell, spell]
     times = time_interleaved(fns, "cpu", min_total_s=0.0, passes=5)
     assert all(t < 0.01 for t in times)
+
+
+def test_drift_probe_times_its_kernels_and_ratios_say_how_much_slower_the_machine_is():
+    pytest.importorskip("torch")
+    from hssim.validate.probe import drift_probe, drift_ratios
+    from hssim.validate.suite import validation_set
+
+    probe = drift_probe("cpu", validation_set("cpu", "quick").bench)
+    now = probe.measure()
+    assert now["gemm_s"] > 0 and now["copy_s"] > 0
+    slower = drift_ratios({"gemm_s": 3.0, "copy_s": 1.0}, {"gemm_s": 2.0, "copy_s": 2.0})
+    assert slower == {"probe_gemm_ratio": 1.5, "probe_copy_ratio": 0.5}

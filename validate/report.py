@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..sim.trace import TracePart, write_trace
@@ -112,7 +113,8 @@ def _markdown(run: ValidationRun, command: str, summ: dict, kinds: pd.DataFrame,
             + (" (on the CPU backend the goal is what is honestly achievable; see Residual error)."
                if run.backend == "cpu" else "."))
     pts = points[["label", "makespan_meas_s", "makespan_sim_s", "e2e_ape", "step_ape_median",
-                  "roofline_e2e_ape", "hidden_link_share_meas", "hidden_link_share_sim"]]
+                  "roofline_e2e_ape", "hidden_link_share_meas", "hidden_link_share_sim",
+                  *[c for c in ("probe_gemm_ratio", "probe_copy_ratio") if c in points]]]
     lines = [
         f"# hssim validation report ({run.backend}, set `{run.size}`)",
         "",
@@ -140,6 +142,7 @@ def _markdown(run: ValidationRun, command: str, summ: dict, kinds: pd.DataFrame,
         f"| per-decode-step time ({summ['decode_steps']} steps) | {_pct(summ['step_ape_median'])} | "
         f"{_pct(summ['step_ape_p95'])} |",
         *_repeat_rows(summ),
+        *_drift_note(points),
         "",
         goal,
         "",
@@ -191,6 +194,22 @@ def _repeat_rows(summ: dict) -> list[str]:
             "The repeat spread (columns `repeat_e2e_ape` of `points.csv`, `repeat_ape` of `steps.csv`) is how far "
             "the measurement itself moves between timed runs of the same point: no prediction of one run can be "
             "expected to come closer than that."]
+
+
+def _drift_note(points: pd.DataFrame) -> list[str]:
+    """How far the machine drifted from calibration before each point (`validate/probe.py`)."""
+    if "probe_gemm_ratio" not in points or len(points) == 0:
+        return []
+    g, c = points["probe_gemm_ratio"], points["probe_copy_ratio"]
+    ratio = points["makespan_sim_s"] / points["makespan_meas_s"]
+    corr = float(np.corrcoef(ratio, 1 / g)[0, 1]) if len(points) > 2 and g.std() > 0 and ratio.std() > 0 else None
+    return ["", f"Drift probe (`validate/probe.py`; columns `probe_gemm_ratio`, `probe_copy_ratio` of `points.csv`): "
+                f"before the points, its decode GEMM ran {g.min():.2f}-{g.max():.2f}x (median {g.median():.2f}) and "
+                f"its weight copy {c.min():.2f}-{c.max():.2f}x (median {c.median():.2f}) their times at calibration. "
+                "The probe changes no prediction; a point measured while the machine ran slower than at calibration "
+                "is predicted short by a faithful model."
+                + (f" Across points, simulated/measured makespan and 1/(probe GEMM ratio) correlate at r = {corr:.2f}."
+                   if corr is not None and np.isfinite(corr) else "")]
 
 
 def _load_note(run: ValidationRun) -> list[str]:

@@ -25,6 +25,7 @@ from .compare import join_ops, overlap, point_errors, repeat_spread
 from .device import DeviceInfo, device_info
 from .measure import WeightCache, measure
 from .microbench import BenchResults, run_microbenchmarks
+from .probe import drift_probe, drift_ratios
 from .suite import ValidationSet, validation_set
 
 
@@ -51,6 +52,8 @@ class ValidationRun:
     timings_s: dict[str, float] = field(default_factory=dict)
     #: 1-minute load average at the start and end of calibration (and per point: `points`)
     load: dict[str, float] = field(default_factory=dict)
+    #: the drift probe's seconds per call at calibration (`probe`), the baseline of each point's ratios
+    probe_baseline: dict[str, float] = field(default_factory=dict)
 
     @property
     def overloaded(self) -> bool:
@@ -116,6 +119,9 @@ def run_validation(backend: str, size: str, profile: str | Path | None = None,
         prof = load_profile(profile, current=info.as_dict())
     run = ValidationRun(backend, size, info, prof, vset, bench)
     run.timings_s["calibration_s"] = time.perf_counter() - t0
+    # the machine's drift since calibration (a loaded profile: since the start of the run); diagnostic only
+    probe = drift_probe(backend, vset.bench)
+    run.probe_baseline = probe.measure()
     run.load = {"calibration_start": load_before, "calibration_end": load_1min()}
     if max(run.load.values()) > info.cpu_count:
         say(f"warning: load average {max(run.load.values()):.1f} > {info.cpu_count} cores during calibration; "
@@ -126,7 +132,9 @@ def run_validation(backend: str, size: str, profile: str | Path | None = None,
     points = vset.points(hardware)
     for i, point in enumerate(points):
         load = load_1min()
-        say(f"point {i + 1}/{len(points)}: {_label(point)} (load {load:.1f})")
+        drift = drift_ratios(probe.measure(), run.probe_baseline)
+        say(f"point {i + 1}/{len(points)}: {_label(point)} (load {load:.1f}, probe GEMM "
+            f"{drift['probe_gemm_ratio']:.2f}x calibration)")
         meas = measure(point, backend, repeats=vset.repeats, warmup=vset.warmup, weights=weights)
         sim = simulate_profiled(meas.schedule, prof, point.model)
         sim_tl, meas_tl = sim.timeline(), meas.result.timeline()
@@ -142,7 +150,7 @@ def run_validation(backend: str, size: str, profile: str | Path | None = None,
         row = {"point": i, "label": _label(point), "model": point.model.name, "layers": point.model.layers,
                "batch": point.workload.batch, "prompt_len": point.workload.prompt_len,
                "gen_len": point.workload.gen_len, "policy": point.policy.label, "ops": len(meas.schedule.ops),
-               **row, "repeat_e2e_ape": repeat_e2e, "runs_s": ";".join(f"{r:.4f}" for r in meas.runs_s),
+               **row, "repeat_e2e_ape": repeat_e2e, **drift, "runs_s": ";".join(f"{r:.4f}" for r in meas.runs_s),
                "host_memory": meas.host_memory,
                "host_cache_memory": meas.host_cache_memory, "load_1min": max(load, load_1min()),
                "roofline_makespan_s": roof, "roofline_e2e_ape": abs(roof - row["makespan_meas_s"])
