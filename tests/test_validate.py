@@ -153,6 +153,7 @@ def test_validate_device_cpu_quick_writes_a_complete_finite_report(tmp_path):
     r = CliRunner().invoke(validate, ["--device", "cpu", "--set", "quick", "--out", str(out)])
     assert r.exit_code == 0, r.output
     for name in ("README.md", "summary.csv", "points.csv", "steps.csv", "kinds.csv", "worst_ops.csv", "ops.csv",
+                 "copy_overlap.csv",
                  "ablation.csv", "profile.yaml", "figures/scatter_by_kind.png", "figures/gantt_decode_step.png",
                  "figures/overlap_by_policy.png", "microbench/gemm.csv", "microbench/copies.csv"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
@@ -362,3 +363,24 @@ def test_drift_probe_times_its_kernels_and_ratios_say_how_much_slower_the_machin
     assert now["gemm_s"] > 0 and now["copy_s"] > 0
     slower = drift_ratios({"gemm_s": 3.0, "copy_s": 1.0}, {"gemm_s": 2.0, "copy_s": 2.0})
     assert slower == {"probe_gemm_ratio": 1.5, "probe_copy_ratio": 0.5}
+
+
+def test_error_by_copy_overlap_buckets_compute_ops_by_the_measured_share_a_weight_copy_overlapped():
+    from hssim.validate.compare import error_by_copy_overlap
+
+    def op(i, stream, kind, sim, meas):
+        return {"op_id": i, "stream": stream, "kind": kind, "layer": 0, "step": 1, "micro_batch": 0, "point": 0,
+                "start_s_sim": sim[0], "end_s_sim": sim[1], "start_s_meas": meas[0], "end_s_meas": meas[1],
+                "dur_sim_s": sim[1] - sim[0], "dur_meas_s": meas[1] - meas[0]}
+
+    ops = pd.DataFrame([
+        op(0, "h2d", "load_weights", (0.0, 1.0), (0.0, 1.0)),
+        op(1, "compute", "ffn", (0.0, 1.0), (0.0, 1.25)),  # overlapped 80% measured, 100% simulated
+        op(2, "compute", "attention", (1.0, 2.0), (1.25, 2.25)),  # after the copy: alone
+        op(3, "d2h", "store_kv", (2.0, 2.1), (2.25, 2.5)),  # not a compute op: not counted
+    ])
+    g = error_by_copy_overlap(ops).set_index("measured_copy_share")
+    assert g.loc["50%-90%", "ops"] == 1 and g.loc["0%-10%", "ops"] == 1 and g["ops"].sum() == 2
+    assert g.loc["50%-90%", "sim_copy_share"] == pytest.approx(1.0)
+    assert g.loc["50%-90%", "sim_over_meas"] == pytest.approx(1.0 / 1.25)
+    assert g.loc["0%-10%", "sim_over_meas"] == pytest.approx(1.0)

@@ -4,6 +4,7 @@ Layout of the output folder::
 
     README.md                 the report (command, device, errors, tables, figures)
     summary.csv points.csv steps.csv kinds.csv worst_ops.csv ops.csv
+    copy_overlap.csv          compute ops by the share of their measured time a weight copy overlapped
     profile.yaml              the calibrated profile used (or loaded)
     microbench/*.csv          the raw micro-benchmark timings (when calibrated)
     figures/*.png             drawn by hssim.reports.validation from `figure_inputs`: scatter per op kind,
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..sim.trace import TracePart, write_trace
-from .compare import kind_errors, summary
+from .compare import error_by_copy_overlap, kind_errors, summary
 from .run import ValidationRun
 
 WORST = 15
@@ -63,6 +64,7 @@ def write_report(run: ValidationRun, out: str | Path, command: str) -> Path:
     points, steps, ops = run.points, run.steps, run.ops
     summ = summary(points, steps)
     kinds = kind_errors(ops)
+    by_overlap = error_by_copy_overlap(ops)
     worst = ops.assign(abs_err_s=ops["err_s"].abs()).sort_values("abs_err_s", ascending=False).head(WORST)
     worst = worst.merge(points[["point", "label"]], on="point")[
         ["label", "op_id", "kind", "layer", "step", "micro_batch", "dur_sim_s", "dur_meas_s", "err_s", "ape"]]
@@ -81,6 +83,7 @@ def write_report(run: ValidationRun, out: str | Path, command: str) -> Path:
     points.to_csv(out / "points.csv", index=False)
     steps.to_csv(out / "steps.csv", index=False)
     kinds.to_csv(out / "kinds.csv", index=False)
+    by_overlap.to_csv(out / "copy_overlap.csv", index=False)
     worst.to_csv(out / "worst_ops.csv", index=False)
     ops.to_csv(out / "ops.csv", index=False)
     ablation.to_csv(out / "ablation.csv", index=False)
@@ -97,12 +100,12 @@ def write_report(run: ValidationRun, out: str | Path, command: str) -> Path:
                      TracePart(o.sim_tl, o.schedule, "sim")],
                     out / "traces" / f"point{i:02d}.json.gz", meta=meta)
     gi, gstep = _gantt_choice(run)
-    (out / "README.md").write_text(_markdown(run, command, summ, kinds, worst, ablation, gi, gstep))
+    (out / "README.md").write_text(_markdown(run, command, summ, kinds, worst, ablation, gi, gstep, by_overlap))
     return out
 
 
 def _markdown(run: ValidationRun, command: str, summ: dict, kinds: pd.DataFrame, worst: pd.DataFrame,
-              ablation: pd.DataFrame, gi: int, gstep: int) -> str:
+              ablation: pd.DataFrame, gi: int, gstep: int, by_overlap: pd.DataFrame) -> str:
     info, prof, points = run.info, run.profile, run.points
     gpu_note = ("This run used a CUDA GPU." if run.backend == "cuda" else
                 "**This report was not run on a GPU.** It is the CPU backend: the hw executor runs the schedule's "
@@ -158,6 +161,14 @@ def _markdown(run: ValidationRun, command: str, summ: dict, kinds: pd.DataFrame,
         "## Per op kind (op durations)",
         "",
         _md(kinds),
+        "",
+        "## Compute ops by how much of their measured time a weight copy overlapped",
+        "",
+        "`copy_overlap.csv`: the contention blend charges an op the busy rates for the share of it the "
+        "simulated timeline overlaps a copy (`sim_copy_share`); an op whose measured slowdown beside a copy "
+        "exceeds what the calibration's busy rates measured shows in the last rows.",
+        "",
+        _md(by_overlap),
         "",
         f"## The {WORST} worst ops (by absolute error)",
         "",
