@@ -78,7 +78,9 @@ def main() -> None:
     table = saved.model_copy(update={"attention": {c: _attention_table(g) for c, g in attn.groupby("condition")}})
     lines = [f"# Attention priced from a fit and from a table: `{args.report}` re-simulated", "",
              "```", f"python benchmarks/resimulate_report.py --report {args.report} --out {args.out}", "```", "",
-             "Same measured timelines, same profile except how attention is priced.", "",
+             "Same measured timelines, same profile except how attention is priced. The first row prices as the "
+             "report did, so it reproduces the report's own errors (a check that the re-simulation is the "
+             "report's); the second prices attention from the same benchmark rows kept as a table.", "",
              "| attention priced from | e2e APE median | e2e p95 | step APE median | step p95 | decode step sim/meas "
              "(median) | decode attention sim/meas: " + " | ".join(
                  f"{m} b{b}" for (m, b) in meta[["model", "batch"]].drop_duplicates().itertuples(index=False)) + " |",
