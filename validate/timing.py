@@ -30,47 +30,38 @@ def _sync(backend: str) -> None:
         torch.cuda.current_stream().synchronize()  # this thread's stream only, not a busy neighbour's
 
 
-def time_s(fn: Callable[[], object], backend: str, min_total_s: float = 0.02, rounds: int = 3,
-           max_iters: int = 200) -> float:
+def _iters(fn: Callable[[], object], backend: str, budget_s: float, max_iters: int) -> int:
+    """Calls per round so that a round lasts about `budget_s`, after one untimed warm-up call."""
     fn()
+    _sync(backend)
+    once = _round_s(fn, backend, 1)
+    return int(min(max_iters, max(1, budget_s / max(once, 1e-7))))
+
+
+def _round_s(fn: Callable[[], object], backend: str, iters: int) -> float:
+    """Seconds per call over `iters` back-to-back calls."""
     _sync(backend)
     t0 = time.perf_counter()
-    fn()
+    for _ in range(iters):
+        fn()
     _sync(backend)
-    once = max(time.perf_counter() - t0, 1e-7)
-    iters = int(min(max_iters, max(1, min_total_s / rounds / once)))
-    samples = []
-    for _ in range(rounds):
-        _sync(backend)
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        _sync(backend)
-        samples.append((time.perf_counter() - t0) / iters)
-    return statistics.median(samples)
+    return (time.perf_counter() - t0) / iters
+
+
+def time_s(fn: Callable[[], object], backend: str, min_total_s: float = 0.02, rounds: int = 3,
+           max_iters: int = 200) -> float:
+    iters = _iters(fn, backend, min_total_s / rounds, max_iters)
+    return statistics.median(_round_s(fn, backend, iters) for _ in range(rounds))
 
 
 def time_interleaved(fns: Sequence[Callable[[], object]], backend: str, min_total_s: float = 0.02,
                      passes: int = 5, max_iters: int = 200) -> list[float]:
     """Median seconds per call of each of `fns`, its `passes` samples taken one per pass over all of them."""
-    iters = []
-    for fn in fns:
-        fn()
-        _sync(backend)
-        t0 = time.perf_counter()
-        fn()
-        _sync(backend)
-        once = max(time.perf_counter() - t0, 1e-7)
-        iters.append(int(min(max_iters, max(1, min_total_s / passes / once))))
+    iters = [_iters(fn, backend, min_total_s / passes, max_iters) for fn in fns]
     samples: list[list[float]] = [[] for _ in fns]
     for _ in range(passes):
         for fn, n, got in zip(fns, iters, samples, strict=True):
-            _sync(backend)
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            _sync(backend)
-            got.append((time.perf_counter() - t0) / n)
+            got.append(_round_s(fn, backend, n))
     return [statistics.median(got) for got in samples]
 
 
