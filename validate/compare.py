@@ -113,30 +113,27 @@ def repeat_spread(compared_tl: pd.DataFrame, repeat_tls: list[pd.DataFrame]) -> 
 OVERLAP_BUCKETS = (0.0, 0.1, 0.5, 0.9, 1.0)
 
 
-def _copy_share(ops: pd.DataFrame, which: pd.Series, side: str) -> np.ndarray:
-    """For the ops `which` selects: the share of their `side` ("sim" or "meas") interval that a
-    `load_weights` of the same point overlapped."""
-    out = []
-    groups = ops.groupby("point") if "point" in ops else [(0, ops)]
-    for _, d in groups:
+def _copy_share(ops: pd.DataFrame, which: pd.Series, side: str) -> pd.Series:
+    """For the ops `which` selects (indexed like them): the share of their `side` ("sim" or "meas")
+    interval that a `load_weights` of the same point overlapped."""
+    share = pd.Series(0.0, index=ops.index[which])
+    for _, d in ops.groupby("point") if "point" in ops else [(0, ops)]:
         iv = _union(d.loc[d["kind"] == "load_weights", [f"start_s_{side}", f"end_s_{side}"]].to_numpy(float))
-        for s, e in d.loc[which.loc[d.index], [f"start_s_{side}", f"end_s_{side}"]].to_numpy(float):
-            out.append(_intersection(np.array([[s, e]]), iv) / (e - s) if e > s else 0.0)
-    return np.asarray(out)
+        for i, s, e in d.loc[which.loc[d.index], [f"start_s_{side}", f"end_s_{side}"]].itertuples(name=None):
+            share[i] = _intersection(np.array([[s, e]]), iv) / (e - s) if e > s else 0.0
+    return share
 
 
 def error_by_copy_overlap(ops: pd.DataFrame) -> pd.DataFrame:
     """Compute-stream ops by how much of their measured time a weight copy overlapped: how many, the
     simulated share (what the contention blend charged for), and simulated over measured time."""
     which = ops["stream"] == "compute"
-    order = ops.sort_values("point", kind="stable") if "point" in ops else ops
-    comp = order[which.loc[order.index]]
-    meas, sim = _copy_share(order, which, "meas"), _copy_share(order, which, "sim")
     edges = list(OVERLAP_BUCKETS)
     labels = [f"{a:.0%}-{b:.0%}" for a, b in zip(edges, edges[1:], strict=False)]
-    bucket = pd.cut(meas, [-1e-9, *edges[1:]], labels=labels)
-    df = pd.DataFrame({"measured_copy_share": bucket, "sim_share": sim, "sim_s": comp["dur_sim_s"].to_numpy(),
-                       "meas_s": comp["dur_meas_s"].to_numpy()})
+    df = pd.DataFrame({"measured_copy_share": pd.cut(_copy_share(ops, which, "meas"), [-1e-9, *edges[1:]],
+                                                     labels=labels),
+                       "sim_share": _copy_share(ops, which, "sim"), "sim_s": ops.loc[which, "dur_sim_s"],
+                       "meas_s": ops.loc[which, "dur_meas_s"]})
     g = df.groupby("measured_copy_share", observed=False).agg(
         ops=("sim_s", "size"), sim_copy_share=("sim_share", "mean"), sim_total_s=("sim_s", "sum"),
         meas_total_s=("meas_s", "sum"))
