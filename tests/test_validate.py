@@ -183,6 +183,7 @@ def test_validate_device_cpu_quick_writes_a_complete_finite_report(tmp_path):
     # the saved profile loads back and drives the cost model
     prof = load_profile(out / "profile.yaml")
     assert prof.device["backend"] == "cpu" and prof.op_overhead_s
+    assert prof.op_cold_s and set(prof.op_cold_s) <= set(prof.op_overhead_s)
     # attention measured beside a copy as well as alone, as GEMMs are
     assert prof.attention_decode_busy is not None and prof.attention_prefill_busy is not None
     # and kept as measured: the table the cost model prices attention from

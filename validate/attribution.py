@@ -49,24 +49,12 @@ from ..sim.specs import PointSpec
 from .calibrate import profile_from_bench
 from .device import device_info, require_torch
 from .measure import Harness, attention_kernel, harness
-from .microbench import BenchPlan, Sweep, gemm_shapes, llc_bytes, run_microbenchmarks
+from .microbench import BenchPlan, Evictor, Sweep, gemm_shapes, llc_bytes, run_microbenchmarks
 from .run import load_1min
 from .suite import validation_set
 from .timing import busy_neighbour
 
 CONDITIONS = ("bench", "bench_cold", "hot", "cold", "neighbour", "executor")
-
-
-class Evictor:
-    """Writes then reads a buffer of twice the last-level cache: afterwards nothing an op uses is cached."""
-
-    def __init__(self) -> None:
-        torch = require_torch()
-        self.buf = torch.empty(2 * llc_bytes("cpu"), dtype=torch.uint8)
-
-    def __call__(self) -> None:
-        self.buf.fill_(1)
-        self.buf.sum(dtype=require_torch().int64)
 
 
 def pick_ops(schedule: Schedule, step: int) -> list[Op]:

@@ -100,7 +100,8 @@ def profile_from_bench(name: str, info: DeviceInfo, bench: BenchResults,
     dev_mem, host_mem = _memory_bytes(bench.backend)
     notes = list(bench.notes)
     notes.append("op_overhead_s: executor dispatch cost per op (Python, thread hand-off, launches), measured on "
-                 "tiny models; key KIND:NORM is per model family")
+                 "tiny models; key KIND:NORM is per model family; op_cold_s: what an op costs more with the caches "
+                 "flushed (single ops of the tiny models after a flush, against right after themselves)")
     return HardwareProfile(
         name=name, device=info.as_dict(), dtype=bench.dtype, threads=bench.threads,
         contention="overlap",
@@ -139,7 +140,7 @@ DISPATCH_POLICIES = (
 def measure_dispatch(profile: HardwareProfile, backend: str, hardware: HardwareSpec, repeats: int = 3,
                      progress: Callable[[str], None] | None = None) -> dict[str, float]:
     """Per op kind and model family: median(measured - predicted kernel time) over tiny-model runs, >= 0."""
-    zero = profile.model_copy(update={"op_overhead_s": {}, "launch_s": 0.0})
+    zero = profile.model_copy(update={"op_overhead_s": {}, "op_cold_s": {}, "launch_s": 0.0})
     residual: dict[str, list[float]] = {}
     weights = WeightCache()
     for model in _tiny_models(profile.dtype):
@@ -155,3 +156,54 @@ def measure_dispatch(profile: HardwareProfile, backend: str, hardware: HardwareS
                 residual.setdefault(overhead_key(op.kind.value, model), []).append(
                     float(dur[op.id]) - cost.duration_s(op))
     return {k: max(0.0, float(np.median(v))) for k, v in sorted(residual.items())}
+
+
+def measure_cold_dispatch(profile: HardwareProfile, backend: str, hardware: HardwareSpec, rounds: int = 3,
+                          progress: Callable[[str], None] | None = None) -> dict[str, float]:
+    """Per op kind and model family: what one op costs more when it finds this core's caches flushed
+    (its code paths, the allocator's and dispatcher's data, its small tensors) than right after itself,
+    median over single ops of the tiny models' schedules run on the executor's buffers, >= 0.
+
+    In the executor the caches are flushed between two ops of a thread: every layer, a weight copy and
+    the GEMMs over those weights stream tens of MB through them. The tiny models' dispatch runs
+    (`measure_dispatch`) stream nothing, so they find the caches warm. Measured on the CPU backend
+    only: on a GPU the weights stream through the device, not through the host's caches."""
+    if backend != "cpu":
+        return {}
+    import time
+
+    from .measure import harness
+    from .microbench import Evictor
+
+    torch = require_torch()
+    evict = Evictor()
+    penalty: dict[str, list[float]] = {}
+    weights = WeightCache()
+    before = torch.get_num_threads()
+    try:
+        for model in _tiny_models(profile.dtype):
+            if progress:
+                progress(f"dispatch cost with the caches flushed ({model.norm_kind.value} family)")
+            for pol in DISPATCH_POLICIES:
+                point = PointSpec(scenario="dispatch", model=model, hardware=hardware,
+                                  workload=WorkloadSpec(batch=4, prompt_len=8, gen_len=4), policy=pol)
+                h = harness(point, backend, weights)
+                torch.set_num_threads(h.threads)
+                with torch.inference_mode():
+                    h.run_all()  # fills every buffer, as the executor's warm-up run does
+                    chosen: dict[str, object] = {}
+                    for op in sorted(h.schedule.ops, key=lambda o: (o.step != 2, o.id)):  # a decode step's first
+                        chosen.setdefault(op.kind.value, op)
+                    for _ in range(rounds):
+                        for kind, op in chosen.items():
+                            h.run_op(op)
+                            t0 = time.perf_counter()
+                            h.run_op(op)
+                            warm = time.perf_counter() - t0
+                            evict()
+                            t0 = time.perf_counter()
+                            h.run_op(op)
+                            penalty.setdefault(overhead_key(kind, model), []).append(time.perf_counter() - t0 - warm)
+    finally:
+        torch.set_num_threads(before)
+    return {k: max(0.0, float(np.median(v))) for k, v in sorted(penalty.items())}

@@ -147,6 +147,19 @@ class Sweep:
         return self.pool[self.i]
 
 
+class Evictor:
+    """Reads and writes a buffer of twice the last-level cache: afterwards nothing an op uses is
+    cached on this core (its code paths and small tensors included), as after a layer's weights
+    streamed through the caches."""
+
+    def __init__(self) -> None:
+        torch = require_torch()
+        self.buf = torch.empty(2 * llc_bytes("cpu"), dtype=torch.uint8)
+
+    def __call__(self) -> None:
+        self.buf.add_(1)
+
+
 def _empty(nbytes: int, device, pinned: bool = False, dtype=None):
     """`nbytes` of `dtype` elements (bytes where None). The executor copies tensors of the model's
     dtype, and on the CPU a copy's rate depends on it: a bf16 copy ran at 13 GB/s where a uint8

@@ -20,7 +20,7 @@ from ..sim.costs.contention import simulate_profiled
 from ..sim.costs.profile import HardwareProfile, ProfiledCostModel, load_profile
 from ..sim.engine import simulate
 from ..sim.specs import PointSpec
-from .calibrate import measure_dispatch, profile_from_bench
+from .calibrate import measure_cold_dispatch, measure_dispatch, profile_from_bench
 from .compare import join_ops, overlap, point_errors, repeat_spread
 from .device import DeviceInfo, device_info
 from .measure import WeightCache, measure
@@ -90,7 +90,8 @@ def calibrate(backend: str, vset: ValidationSet, info: DeviceInfo,
     bench = run_microbenchmarks(backend, vset.bench, progress=lambda m: say(f"micro-benchmark: {m}"))
     base = profile_from_bench(profile_name(info, bench.threads), info, bench)
     overhead = measure_dispatch(base, backend, base.hardware_spec(), progress=lambda m: say(f"micro-benchmark: {m}"))
-    return base.model_copy(update={"op_overhead_s": overhead}), bench
+    cold = measure_cold_dispatch(base, backend, base.hardware_spec(), progress=lambda m: say(f"micro-benchmark: {m}"))
+    return base.model_copy(update={"op_overhead_s": overhead, "op_cold_s": cold}), bench
 
 
 def load_1min() -> float:

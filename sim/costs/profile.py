@@ -12,7 +12,9 @@ model can evaluate at any size:
 - the attention measurements (decode, prefill) per condition, interpolated like the GEMM
   table (`AttentionTable`); linear fits of the attention kernel time and of FlexGen's host
   attention against the context's K,V bytes, FLOPs and query rows;
-- the per-op dispatch cost of the executor by op kind, and the kernel launch cost.
+- the per-op dispatch cost of the executor by op kind (with warm caches, and what an op
+  costs more with the caches flushed, as the executor's weight streaming leaves them), and
+  the kernel launch cost.
 
 It records the device, driver, torch and CUDA versions, the date, the dtype and
 the thread count it was measured with; using it on a different device warns.
@@ -243,6 +245,9 @@ class HardwareProfile(_Frozen):
     #: FlexGen's host attention measured beside a copy (None: not measured, idle is used)
     cpu_attention_busy: LinearFit | None = None
     op_overhead_s: dict[str, float] = Field(description="executor dispatch cost per op, by op kind")
+    #: what an op costs more when it finds the caches flushed, as in the executor (other streams move
+    #: layers of weights through them between two ops of a thread), by op kind; empty: not measured
+    op_cold_s: dict[str, float] = {}
     notes: list[str] = []
 
     @model_validator(mode="after")
@@ -258,9 +263,10 @@ class HardwareProfile(_Frozen):
         for direction in ("h2d", "d2h"):
             if not any(k.startswith(f"{direction}/") for k in self.copies):
                 raise ValueError(f"copies: needs a {direction} curve")
-        bad = {k: v for k, v in self.op_overhead_s.items() if not 0 <= v <= 1.0}
-        if bad:
-            raise ValueError(f"op_overhead_s: {next(iter(bad))} must be in [0, 1] s")
+        for name in ("op_overhead_s", "op_cold_s"):
+            bad = [k for k, v in getattr(self, name).items() if not 0 <= v <= 1.0]
+            if bad:
+                raise ValueError(f"{name}: {bad[0]} must be in [0, 1] s")
         return self
 
     # -- lookups ----------------------------------------------------------------
@@ -430,12 +436,12 @@ class ProfiledCostModel:
         return nbytes / self.profile.elementwise_Bps
 
     def _overhead(self, op: Op) -> float:
-        """Dispatch cost of one op of this kind (per model family where the profile has it)."""
-        table = self.profile.op_overhead_s
+        """Dispatch cost of one op of this kind (per model family where the profile has it), with the
+        caches as the executor leaves them (`op_cold_s`, where measured)."""
         key = overhead_key(op.kind.value, self.model)
-        if key in table:
-            return table[key]
-        return table.get(op.kind.value, self.profile.launch_s * op.kernels)
+        table, cold = self.profile.op_overhead_s, self.profile.op_cold_s
+        warm = table[key] if key in table else table.get(op.kind.value, self.profile.launch_s * op.kernels)
+        return warm + cold.get(key, cold.get(op.kind.value, 0.0))
 
     def _attention_kernel(self, batch: int, new: int, past: int) -> float:
         m = self.model

@@ -155,6 +155,7 @@ def scaled_profile(profile: HardwareProfile, values: Mapping[str, float]) -> Har
         f = tf["gpu.launch_overhead_s"]
         update["launch_s"] = profile.launch_s * f
         update["op_overhead_s"] = {k: v * f for k, v in profile.op_overhead_s.items()}
+        update["op_cold_s"] = {k: v * f for k, v in profile.op_cold_s.items()}
     links = _link_keys(profile)
     if any(p in tf for p in links):
         update["copies"] = {key: next((_scale_curve(c, tf[p]) for p, prefix in links.items()
