@@ -15,32 +15,21 @@ never from the report's points.
 
 from __future__ import annotations
 
-import argparse
-import io
 from pathlib import Path
 
-import pandas as pd
-from resimulate_report import _profile, _read, resimulate
+from resimulate_report import header, report_args, resimulate
 
 from hssim.validate.calibrate import measure_cold_dispatch
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--report", required=True, help="report folder, optionally @REV")
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args()
-    tmp = Path(args.out).with_suffix(".profile.yaml")
-    saved = _profile(args.report, tmp)
-    tmp.unlink()
-    ops = pd.read_csv(io.BytesIO(_read(args.report, "ops.csv")))
+    args, saved, ops = report_args(__doc__)
     cold = measure_cold_dispatch(saved, "cpu", saved.hardware_spec())
-    lines = [f"# Per-op cold-cache cost: `{args.report}` re-simulated", "",
-             "```", f"python benchmarks/resimulate_cold_dispatch.py --report {args.report} --out {args.out}", "```", "",
-             "Same measured timelines and profile; the second row adds to every op the cost its kind pays for "
-             "finding the caches flushed, measured by this run on the tiny models "
-             "(`validate/calibrate.py` `measure_cold_dispatch`).", "",
-             "| prediction | e2e APE median | e2e p95 | step APE median | step p95 | decode steps off by >12% | "
+    lines = header("Per-op cold-cache cost", "resimulate_cold_dispatch.py", args,
+                   "Same measured timelines and profile; the second row adds to every op the cost its kind pays "
+                   "for finding the caches flushed, measured by this run on the tiny models "
+                   "(`validate/calibrate.py` `measure_cold_dispatch`).")
+    lines += ["| prediction | e2e APE median | e2e p95 | step APE median | step p95 | decode steps off by >12% | "
              "decode step sim/meas (median) | attention | ffn | cpu_attention | store_kv |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     variants = (("the report's profile", saved),

@@ -40,9 +40,29 @@ def _read(report: str, name: str) -> bytes:
     return (REPO / path / name).read_bytes()
 
 
-def _profile(report: str, tmp: Path) -> HardwareProfile:
-    tmp.write_bytes(_read(report, "profile.yaml"))
-    return load_profile(tmp)
+def _csv(report: str, name: str) -> pd.DataFrame:
+    return pd.read_csv(io.BytesIO(_read(report, name)))
+
+
+def header(title: str, script: str, args: argparse.Namespace, explanation: str) -> list[str]:
+    """The result file's title, the command that made it, and what its rows compare."""
+    return [f"# {title}: `{args.report}` re-simulated", "", "```",
+            f"python benchmarks/{script} --report {args.report} --out {args.out}", "```", "", explanation, ""]
+
+
+def report_args(doc: str) -> tuple[argparse.Namespace, HardwareProfile, pd.DataFrame]:
+    """The command line (`--report DIR[@REV] --out FILE`), the report's profile and its joined ops."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--report", required=True, help="report folder, optionally @REV")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    tmp = Path(args.out).with_suffix(".profile.yaml")
+    tmp.write_bytes(_read(args.report, "profile.yaml"))
+    try:
+        profile = load_profile(tmp)
+    finally:
+        tmp.unlink()
+    return args, profile, _csv(args.report, "ops.csv")
 
 
 def resimulate(prof: HardwareProfile, ops: pd.DataFrame) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
@@ -64,24 +84,16 @@ def resimulate(prof: HardwareProfile, ops: pd.DataFrame) -> tuple[dict, pd.DataF
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--report", required=True, help="report folder, optionally @REV")
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args()
-    tmp = Path(args.out).with_suffix(".profile.yaml")
-    saved = _profile(args.report, tmp)
-    tmp.unlink()
-    attn = pd.read_csv(io.BytesIO(_read(args.report, "microbench/attention.csv")))
-    ops = pd.read_csv(io.BytesIO(_read(args.report, "ops.csv")))
-    meta = pd.read_csv(io.BytesIO(_read(args.report, "points.csv")))[["point", "model", "batch"]]
+    args, saved, ops = report_args(__doc__)
+    attn = _csv(args.report, "microbench/attention.csv")
+    meta = _csv(args.report, "points.csv")[["point", "model", "batch"]]
     fit = saved.model_copy(update={"attention": None})
     table = saved.model_copy(update={"attention": {c: _attention_table(g) for c, g in attn.groupby("condition")}})
-    lines = [f"# Attention priced from a fit and from a table: `{args.report}` re-simulated", "",
-             "```", f"python benchmarks/resimulate_report.py --report {args.report} --out {args.out}", "```", "",
-             "Same measured timelines, same profile except how attention is priced. The first row prices as the "
-             "report did, so it reproduces the report's own errors (a check that the re-simulation is the "
-             "report's); the second prices attention from the same benchmark rows kept as a table.", "",
-             "| attention priced from | e2e APE median | e2e p95 | step APE median | step p95 | decode step sim/meas "
+    lines = header("Attention priced from a fit and from a table", "resimulate_report.py", args,
+                   "Same measured timelines, same profile except how attention is priced. The first row prices "
+                   "as the report did, so it reproduces the report's own errors (a check that the re-simulation "
+                   "is the report's); the second prices attention from the same benchmark rows kept as a table.")
+    lines += ["| attention priced from | e2e APE median | e2e p95 | step APE median | step p95 | decode step sim/meas "
              "(median) | decode attention sim/meas: " + " | ".join(
                  f"{m} b{b}" for (m, b) in meta[["model", "batch"]].drop_duplicates().itertuples(index=False)) + " |",
              "|---|---|---|---|---|---|" + "---|" * len(meta[["model", "batch"]].drop_duplicates())]
