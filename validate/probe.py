@@ -3,7 +3,7 @@ every validation point.
 
 On a shared machine the rates the calibration measured can move by the time a point is measured
 minutes later (another tenant on the memory bus): two calibrations of a 2-vCPU VM minutes apart
-put whole groups of GEMM shapes 1.07-1.44x apart. The probe changes no prediction. Its ratios,
+put whole groups of GEMM shapes 1.05-1.44x apart. The probe changes no prediction. Its ratios,
 the probe's time before a point over its time at calibration (`probe_gemm_ratio`,
 `probe_copy_ratio` of `points.csv`), are reported beside the point's error, so that a reader can
 tell the machine's drift from the model's error: a point measured while the probe ran 1.15x
