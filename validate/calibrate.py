@@ -94,9 +94,7 @@ def profile_from_bench(name: str, info: DeviceInfo, bench: BenchResults,
     copies = {f"{d}/{m}/{c}": _curve(g) for (d, m, c), g in bench.copies.groupby(["direction", "memory", "condition"])}
     gemm = {c: GemmTable(rows=[(int(r.m), int(r.n), int(r.k), float(r.seconds)) for r in g.itertuples()])
             for c, g in bench.gemm.groupby("condition")}
-    attn = bench.attention
-    cond = attn["condition"] if "condition" in attn else pd.Series("idle", index=attn.index)
-    idle, busy = attn[cond == "idle"], attn[cond == "busy"]
+    idle, busy = _condition(bench.attention, "idle"), _condition(bench.attention, "busy")
     dev_mem, host_mem = _memory_bytes(bench.backend)
     notes = list(bench.notes)
     notes.append("op_overhead_s: executor dispatch cost per op (Python, thread hand-off, launches), measured on "

@@ -56,6 +56,21 @@ class _Frozen(BaseModel):
 MAX_MEASURED_S = 3600.0
 
 
+def _causal_pairs(new: int, past: int) -> int:
+    return new * past + new * (new + 1) // 2
+
+
+def _loglog(xs: list[int], ys: list[float], x: float, work=lambda x: x) -> float:
+    """`ys` at `x`, interpolated log-log between measured `xs` (sorted); below the smallest the
+    smallest's time (a floor: fixed costs do not shrink), above the largest scaled by
+    `work(x) / work(xs[-1])` (default: linearly in `x`)."""
+    if x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1] * work(x) / work(xs[-1])
+    return float(np.exp(np.interp(math.log(x), np.log(xs), np.log(ys))))
+
+
 class Curve(_Frozen):
     """Seconds against bytes, measured at increasing sizes."""
 
@@ -75,12 +90,7 @@ class Curve(_Frozen):
     def time_s(self, nbytes: float) -> float:
         if nbytes <= 0:
             return 0.0
-        x, y = np.log(self.bytes), np.log(self.seconds)
-        if nbytes <= self.bytes[0]:
-            return self.seconds[0]
-        if nbytes >= self.bytes[-1]:
-            return self.seconds[-1] * nbytes / self.bytes[-1]
-        return float(np.exp(np.interp(math.log(nbytes), x, y)))
+        return _loglog(self.bytes, self.seconds, nbytes)
 
     @property
     def peak_Bps(self) -> float:
@@ -123,13 +133,7 @@ class GemmTable(_Frozen):
             key = min(groups, key=lambda g: abs(math.log(g[0] / n)) + abs(math.log(g[1] / k)))
             scale = (n * k) / (key[0] * key[1])
         ms, ts = groups[key]
-        if m <= ms[0]:
-            t = ts[0]
-        elif m >= ms[-1]:
-            t = ts[-1] * m / ms[-1]
-        else:
-            t = float(np.exp(np.interp(math.log(m), np.log(ms), np.log(ts))))
-        return t * scale
+        return _loglog(ms, ts, m) * scale
 
     @property
     def peak_flops(self) -> float:
@@ -142,20 +146,6 @@ class GemmTable(_Frozen):
         for m, n, k, s in self.rows:
             by.setdefault((n, k), []).append((m, s))
         return {key: ([m for m, _ in sorted(v)], [s for _, s in sorted(v)]) for key, v in by.items()}
-
-
-def _causal_pairs(new: int, past: int) -> int:
-    return new * past + new * (new + 1) // 2
-
-
-def _loglog(xs: list[int], ys: list[float], x: float, work) -> float:
-    """`ys` at `x`, interpolated log-log between measured `xs`; below the smallest the smallest's
-    time (a floor: fixed costs do not shrink), above the largest scaled by `work(x) / work(xs[-1])`."""
-    if x <= xs[0]:
-        return ys[0]
-    if x >= xs[-1]:
-        return ys[-1] * work(x) / work(xs[-1])
-    return float(np.exp(np.interp(math.log(x), np.log(xs), np.log(ys))))
 
 
 class AttentionTable(_Frozen):
@@ -208,12 +198,12 @@ class AttentionTable(_Frozen):
             scale = (hidden * kv_heads / heads) / (key[1] * key[3] / key[2]) if decode else hidden / key[1]
         by_batch = self._groups[key]
         if decode:
-            tokens, work = past + 1, (lambda x: x)
+            tokens, work = past + 1, (lambda x: x)  # K,V bytes grow with the context
         else:
             tokens, work = new, (lambda x: _causal_pairs(x, 0))
         batches = sorted(by_batch)
         at = [_loglog(*by_batch[b], tokens, work) for b in batches]
-        t = _loglog(batches, at, batch, lambda x: x)
+        t = _loglog(batches, at, batch)
         if not decode and past > 0:  # new queries after a past: more pairs than a plain prefill of `new`
             t *= _causal_pairs(new, past) / _causal_pairs(new, 0)
         return t * scale
@@ -445,16 +435,13 @@ class ProfiledCostModel:
 
     def _attention_kernel(self, batch: int, new: int, past: int) -> float:
         m = self.model
-        ctx = past + new
-        pairs = new * past + new * (new + 1) // 2
-        kv_bytes = batch * ctx * 2 * m.kv_hidden * self._p()
-        flops = 4 * batch * pairs * m.hidden
-        rows = batch * m.heads * new
         table = self.profile.attention_table(self.condition)
         if table is not None:
             return table.time_s(batch, m.hidden, m.heads, m.kv_heads, new, past) * self._width_scale()
+        kv_bytes = batch * (past + new) * 2 * m.kv_hidden * self._p()
+        flops = 4 * batch * _causal_pairs(new, past) * m.hidden
         fit = self.profile.attention_fit(new == 1, self.condition)
-        return fit.time_s(kv_bytes, flops, rows)
+        return fit.time_s(kv_bytes, flops, batch * m.heads * new)
 
     def _attention_block(self, batch: int, new: int, past: int, store_x: bool = True) -> float:
         m, p = self.model, self._p()
